@@ -1,0 +1,65 @@
+"""Shared vLLM engine helpers for tests: an engine start costs ~20 s on 2 cores."""
+
+from __future__ import annotations
+
+import gc
+import os
+from contextlib import contextmanager
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+KV_BYTES = 64 * 1024 * 1024
+CHUNK_BUDGET = 64  # max_num_batched_tokens: a 150-token prompt needs 3 chunks
+
+
+def engine_kwargs(**overrides):
+    kwargs = dict(dtype="float32", max_model_len=512, enforce_eager=True,
+                  max_num_batched_tokens=CHUNK_BUDGET, max_num_seqs=16,
+                  kv_cache_memory_bytes=KV_BYTES, skip_tokenizer_init=True, seed=0)
+    kwargs.update(overrides)
+    return kwargs
+
+
+@contextmanager
+def engine(model: str, **overrides):
+    from vllm import LLM
+
+    llm = LLM(model=str(model), **engine_kwargs(**overrides))
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
+def greedy(max_tokens: int = 12, set_id: int | None = None, **kw):
+    from vllm import SamplingParams
+
+    extra = {} if set_id is None else {"pudding_set": set_id}
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=0, ignore_eos=True,
+                          detokenize=False, extra_args=extra or None, **kw)
+
+
+def token_prompts(lengths, seed: int = 0, vocab=(1000, 29000)):
+    import random
+
+    from vllm.inputs import TokensPrompt
+
+    rng = random.Random(seed)
+    return [TokensPrompt(prompt_token_ids=[rng.randrange(*vocab) for _ in range(n)])
+            for n in lengths]
+
+
+def tokens_and_logprobs(output):
+    """(generated token ids, logprob of each chosen token) of one RequestOutput."""
+    out = output.outputs[0]
+    lps = [step[tok].logprob for tok, step in zip(out.token_ids, out.logprobs)]
+    return list(out.token_ids), lps
+
+
+def kv_capacity_tokens(llm) -> int:
+    cache = llm.llm_engine.vllm_config.cache_config
+    return cache.num_gpu_blocks * cache.block_size

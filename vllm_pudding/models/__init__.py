@@ -1,0 +1,1 @@
+"""`Pudding<Arch>ForCausalLM`: vLLM models whose requests each run their own depth."""

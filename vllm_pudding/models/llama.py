@@ -1,0 +1,91 @@
+"""PuddingLlamaForCausalLM: vLLM's Llama, each request skipping its own layers.
+
+Subclasses vLLM's `LlamaForCausalLM`/`LlamaModel` instead of copying them: the
+layers, attention and weight mapping stay vLLM's. What changes:
+- layers that no candidate keeps are built as parameter-free placeholders (no
+  weights loaded, no Attention module, hence no KV cache);
+- the layer loop runs each layer on the rows (requests) that keep it, using the
+  step plan that `vllm_pudding.depth` builds from the runner's batch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.compilation.decorators import ignore_torch_compile
+from vllm.config import VllmConfig
+from vllm.model_executor.models.llama import (
+    LlamaDecoderLayer,
+    LlamaForCausalLM,
+    LlamaModel,
+)
+
+from vllm_pudding import depth
+from vllm_pudding.config import from_hf_config
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
+
+
+class OmittedLayer(nn.Module):
+    """Stands in for a layer that every candidate omits: no weights, no KV."""
+
+    def forward(self, positions, hidden_states, residual, **_):
+        return hidden_states, residual
+
+
+def _layer_index(name: str) -> int | None:
+    match = _LAYER_INDEX.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _layer_factory(omitted: set[int]):
+    """A `layer_type` for LlamaModel that builds placeholders for `omitted` layers."""
+
+    def build(*, vllm_config: VllmConfig, prefix: str = "", **kwargs) -> nn.Module:
+        if _layer_index(prefix) in omitted:
+            return OmittedLayer()
+        return LlamaDecoderLayer(vllm_config=vllm_config, prefix=prefix, **kwargs)
+
+    return build
+
+
+@ignore_torch_compile  # the per-row layer loop is data dependent
+class PuddingLlamaModel(LlamaModel):
+    """LlamaModel whose layer loop follows the step's per-row depth plan."""
+
+    def forward(self, input_ids, positions, intermediate_tensors=None,
+                inputs_embeds=None, **extra_layer_kwargs):
+        if intermediate_tensors is not None:
+            raise NotImplementedError("vllm-pudding does not support pipeline parallelism")
+        hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
+        runner = depth.LayerRunner(positions, hidden, extra_layer_kwargs)
+        for idx in range(self.start_layer, self.end_layer):
+            layer = self.layers[idx]
+            if not isinstance(layer, OmittedLayer):
+                runner.run(idx, layer)
+        hidden, _ = self.norm(runner.hidden, runner.residual)
+        return hidden
+
+
+class PuddingLlamaForCausalLM(LlamaForCausalLM):
+    """Llama with a pool of omission sets; each request runs at its own depth."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", **kwargs):
+        pudding = from_hf_config(vllm_config.model_config.hf_config)
+        if pudding is None:
+            raise ValueError("PuddingLlamaForCausalLM needs a 'pudding' section in config.json")
+        self.omitted_layers = pudding.omitted_by_all()
+        depth.configure(pudding, vllm_config.model_config.hf_config.num_hidden_layers)
+        super().__init__(vllm_config=vllm_config, prefix=prefix,
+                         layer_type=_layer_factory(self.omitted_layers))
+
+    def _init_model(self, vllm_config: VllmConfig, prefix: str = "", layer_type=LlamaDecoderLayer):
+        return PuddingLlamaModel(vllm_config=vllm_config, prefix=prefix, layer_type=layer_type)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        kept = ((name, w) for name, w in weights
+                if _layer_index(name) not in self.omitted_layers)
+        return super().load_weights(kept)

@@ -1,0 +1,46 @@
+"""Every change vLLM-pudding makes to vLLM internals, applied once per process.
+
+Each module holds one patch and documents what it changes, why, and when it can
+go; `patches/README.md` at the repo root lists them all. Patches check the
+feature they wrap (attribute present, signature) instead of vLLM's version
+string, and raise a clear error when the vLLM build does not offer it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+PATCHES = (
+    "runner_step",  # depth plan per step (V1 runner)
+    "request_admission",  # validate/resolve set ids, per-set prefix-cache salt
+    "offline_validation",  # LLM.generate names the bad request before running any
+    "v1_runner",  # PuDDing models run on the V1 model runner
+)
+
+_applied = False
+
+
+def apply_all() -> None:
+    """Idempotent: plugins load in every vLLM process, sometimes more than once."""
+    global _applied
+    if _applied:
+        return
+    for name in PATCHES:
+        importlib.import_module(f"{__name__}.{name}").apply()
+    _applied = True
+
+
+def wrap(owner: type, attr: str, make_wrapper) -> None:
+    """Replaces owner.attr by make_wrapper(original) once; checks the feature exists."""
+    original = getattr(owner, attr, None)
+    if original is None:
+        raise RuntimeError(
+            f"vllm-pudding: {owner.__module__}.{owner.__name__}.{attr} is missing; "
+            "this vLLM build is not the one vllm-pudding supports (0.32.0)"
+        )
+    if getattr(original, "__pudding_wrapped__", False):
+        return
+    wrapper = make_wrapper(original)
+    wrapper.__pudding_wrapped__ = True
+    wrapper.__wrapped__ = original
+    setattr(owner, attr, wrapper)

@@ -1,0 +1,54 @@
+"""Static depth pruning: a plain checkpoint with some layers physically removed.
+
+The reference that exactness tests and benchmarks compare against: stock vLLM
+serving this checkpoint must match a PuDDing request routed to the same set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+_LAYER = re.compile(r"^(model\.layers\.)(\d+)(\..*)$")
+
+
+def write_static_checkpoint(base_dir: Path, omitted: list[int], out_dir: Path) -> Path:
+    """Copies `base_dir` without the `omitted` layers, renumbering the rest."""
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    config = json.loads((base_dir / "config.json").read_text())
+    num_layers = config["num_hidden_layers"]
+    kept = [l for l in range(num_layers) if l not in set(omitted)]
+    new_index = {old: new for new, old in enumerate(kept)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for shard in sorted(base_dir.glob("*.safetensors")):
+        for name, tensor in load_file(shard).items():
+            renamed = _rename(name, new_index)
+            if renamed is not None:
+                tensors[renamed] = tensor
+    save_file(tensors, out_dir / "model.safetensors")
+    config["num_hidden_layers"] = len(kept)
+    config.pop("pudding", None)
+    config["architectures"] = [a.removeprefix("Pudding") for a in config["architectures"]]
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    for item in base_dir.iterdir():
+        if item.suffix != ".safetensors" and item.name not in ("config.json", "pudding_meta.json") \
+                and item.name != "model.safetensors.index.json":
+            target = out_dir / item.name
+            if not target.exists():
+                os.symlink(item.resolve(), target)
+    return out_dir
+
+
+def _rename(name: str, new_index: dict[int, int]) -> str | None:
+    match = _LAYER.match(name)
+    if match is None:
+        return name
+    old = int(match.group(2))
+    if old not in new_index:
+        return None
+    return f"{match.group(1)}{new_index[old]}{match.group(3)}"
