@@ -35,3 +35,12 @@ def tiny_static(tiny_base, tmp_path_factory):
     root = tmp_path_factory.mktemp("static")
     return {i: write_static_checkpoint(tiny_base, s, root / f"set{i}")
             for i, s in enumerate(TINY_SETS)}
+
+
+@pytest.fixture(scope="session")
+def pudding_llm(tiny_pudding):
+    """One PuDDing engine for every test that needs it (engine start ~20 s)."""
+    from engines import engine
+
+    with engine(tiny_pudding) as llm:
+        yield llm

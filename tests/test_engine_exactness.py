@@ -36,12 +36,6 @@ def static_refs(tiny_static, prompts):
     return refs
 
 
-@pytest.fixture(scope="module")
-def pudding_llm(tiny_pudding):
-    with engine(tiny_pudding) as llm:
-        yield llm
-
-
 def assert_matches(got, want, what):
     tokens, lps = got
     ref_tokens, ref_lps = want

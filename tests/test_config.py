@@ -1,0 +1,73 @@
+"""The pudding section is validated with errors that name the field."""
+
+import json
+
+import pytest
+
+from vllm_pudding.artifact import build_pudding_dir, load_pudding_dir
+from vllm_pudding.config import PuddingConfig
+
+
+@pytest.mark.parametrize("section, field", [
+    ({"omission_sets": [[1, 40]]}, r"omission_sets\[0\].*out of range"),
+    ({"omission_sets": [[2, 2]]}, r"omission_sets\[0\].*duplicate"),
+    ({"omission_sets": [[3, 1]]}, r"omission_sets\[0\].*sorted"),
+    ({"omission_sets": [[1, 2], [3]]}, r"omission_sets.*differ in size"),
+    ({"omission_sets": []}, r"omission_sets.*empty"),
+    ({"omission_sets": [[1]], "default_set": 1}, r"default_set"),
+    ({"omission_sets": [[1]], "bogus": 1}, r"bogus"),
+    ({"omission_sets": "1,2"}, r"omission_sets"),
+    ({}, r"omission_sets"),
+    ([[1, 2]], r"must be an object"),
+    ({"omission_sets": [[-1]]}, r"out of range"),
+    ({"omission_sets": [list(range(6))]}, r"every layer"),
+])
+def test_bad_sections_name_the_field(section, field):
+    with pytest.raises(ValueError, match=field):
+        PuddingConfig.parse(section, num_layers=6)
+
+
+def test_empty_sets_are_valid():
+    cfg = PuddingConfig.parse({"omission_sets": [[]]}, num_layers=6)
+    assert cfg.k == 0 and cfg.omitted_by_all() == set()
+
+
+def test_omitted_by_all_and_masks():
+    cfg = PuddingConfig.parse({"omission_sets": [[0, 1], [1, 3], [1, 4]]}, num_layers=6)
+    assert cfg.omitted_by_all() == {1}
+    assert cfg.kept_mask(6)[1] == [True, False, True, False, True, True]
+
+
+@pytest.mark.parametrize("value", ["abc", 2.5, -1, 3, True, [1], {"a": 1}])
+def test_bad_set_ids(value):
+    cfg = PuddingConfig.parse({"omission_sets": [[1], [2], [3]]}, num_layers=6)
+    with pytest.raises(ValueError, match="pudding_set"):
+        cfg.resolve_set_id(value)
+
+
+@pytest.mark.parametrize("value, expected", [(None, 2), (0, 0), ("1", 1), (1.0, 1)])
+def test_set_ids(value, expected):
+    cfg = PuddingConfig.parse({"omission_sets": [[1], [2], [3]], "default_set": 2}, 6)
+    assert cfg.resolve_set_id(value) == expected
+
+
+def test_pudding_dir_roundtrip_and_malformed_file(tiny_base, tmp_path):
+    pool = PuddingConfig(omission_sets=[[1, 2], [2, 3]], default_set=1, provisional=True)
+    out = build_pudding_dir(tiny_base, pool, tmp_path / "p", meta={"note": "test"})
+    assert load_pudding_dir(out) == pool
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["PuddingLlamaForCausalLM"]
+    assert json.loads((out / "pudding_meta.json").read_text())["provisional"] is True
+    assert (out / "model.safetensors").is_symlink()
+    config["pudding"]["omission_sets"] = [[1, 99], [2, 3]]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json.*omission_sets\[0\]"):
+        load_pudding_dir(out)
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        load_pudding_dir(out)
+
+
+def test_pool_must_fit_model(tiny_base, tmp_path):
+    with pytest.raises(ValueError, match="out of range"):
+        build_pudding_dir(tiny_base, PuddingConfig(omission_sets=[[7]]), tmp_path / "p")

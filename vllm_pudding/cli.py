@@ -1,0 +1,42 @@
+"""The `pudding` command.
+
+    pudding demo                     run the main demo (offline batch, mixed sets, vs dense)
+    pudding default-dir              build (once) and print the default pudding model dir
+    pudding static MODEL_DIR OUT --omit 3,5,9
+                                     write a checkpoint with those layers physically removed
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pudding", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="run the main demo")
+    sub.add_parser("default-dir", help="build and print the default pudding dir")
+    static = sub.add_parser("static", help="write a statically pruned checkpoint")
+    static.add_argument("model_dir", type=Path)
+    static.add_argument("out", type=Path)
+    static.add_argument("--omit", required=True, help="comma-separated layer indices")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from vllm_pudding.demo import main as demo
+
+        demo()
+    elif args.command == "default-dir":
+        from vllm_pudding.default_pudding import ensure_default_pudding_dir
+
+        print(ensure_default_pudding_dir())
+    elif args.command == "static":
+        from vllm_pudding.static import write_static_checkpoint
+
+        omit = sorted(int(x) for x in args.omit.split(",") if x.strip())
+        print(write_static_checkpoint(args.model_dir, omit, args.out))
+
+
+if __name__ == "__main__":
+    main()
