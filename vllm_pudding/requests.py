@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from vllm.exceptions import VLLMValidationError
+
 from vllm_pudding.config import SET_ARG, from_hf_config
 
 
-class PuddingRequestError(ValueError):
-    """A request names an omission set the model's pool does not have."""
+class PuddingRequestError(VLLMValidationError, ValueError):
+    """A request names an omission set the model's pool does not have.
+
+    A ValueError for offline callers; a VLLMValidationError because vLLM's async
+    front end passes only client errors through as HTTP 400 (anything else
+    becomes an empty HTTP 500).
+    """
 
 
 def resolve_request(hf_config: Any, params: Any, who: str) -> int | None:
@@ -24,4 +31,4 @@ def resolve_request(hf_config: Any, params: Any, who: str) -> int | None:
     try:
         return pool.resolve_set_id((params.extra_args or {}).get(SET_ARG))
     except ValueError as e:
-        raise PuddingRequestError(f"{who}: {e}") from None
+        raise PuddingRequestError(f"{who}: {e}", parameter=SET_ARG) from None

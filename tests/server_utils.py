@@ -1,0 +1,143 @@
+"""Starting and stopping a `vllm serve` subprocess for tests (loopback only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+TESTS_DIR = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+SERVER_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"<no log: {e}>"
+
+
+class VllmServer:
+    """`python -m vllm.entrypoints.cli.main serve MODEL ...` logging to a file.
+
+    The server runs in its own session (process group) so that teardown can
+    also reach its engine-core child if a graceful SIGTERM does not end it.
+    """
+
+    def __init__(self, model: Path | str, log_path: Path, args: list[str],
+                 startup_timeout: float | None = 180.0):
+        """Launches the server; waits for /health unless startup_timeout is None."""
+        self.port = free_port()
+        self.base_url = f"http://{HOST}:{self.port}"
+        self.log_path = Path(log_path)
+        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+               "--host", HOST, "--port", str(self.port), *args]
+        env = {**os.environ, **SERVER_ENV}
+        self._log = open(self.log_path, "wb")  # a file, not a pipe: a full pipe blocks
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        if startup_timeout is not None:
+            self.wait_healthy(startup_timeout)
+
+    def wait_healthy(self, timeout: float = 180.0) -> None:
+        """Polls /health; on failure stops the server and raises with the log tail."""
+        try:
+            self._poll_health(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _poll_health(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with code {self.proc.returncode} "
+                                   f"before it was healthy; log tail:\n{log_tail(self.log_path)}")
+            try:
+                if requests.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        raise RuntimeError(f"vllm serve not healthy after {timeout:.0f} s; "
+                           f"log tail:\n{log_tail(self.log_path)}")
+
+    def post(self, path: str, body: dict, timeout: float = 60.0) -> requests.Response:
+        return requests.post(f"{self.base_url}{path}", json=body, timeout=timeout)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM the server, then SIGKILL its process group if anything is left."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:  # the group holds only what this server started (engine core etc.)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(timeout=10)
+        finally:
+            self._log.close()
+
+
+def offline_refs(checkpoints: dict[int, Path], prompts: list[list[int]], max_tokens: int,
+                 log_path: Path, timeout: float = 600.0) -> dict:
+    """(key, prompt index) -> (greedy token ids, chosen-token logprobs) from stock vLLM.
+
+    Each prompt runs alone through `engines.engine(checkpoints[key])`. The
+    engines run in a child Python with VLLM_ENABLE_V1_MULTIPROCESSING=0: an
+    in-process engine starts in seconds instead of ~25 s on 2 cores, and the
+    child's `enable_envs_cache()` cannot freeze this process's vLLM env vars.
+    """
+    log_path = Path(log_path)
+    out_path = log_path.with_suffix(".json")
+    spec = {"checkpoints": {str(k): str(v) for k, v in checkpoints.items()},
+            "prompts": prompts, "max_tokens": max_tokens, "out": str(out_path)}
+    env = {**os.environ, **SERVER_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    with open(log_path, "wb") as log:
+        try:
+            rc = subprocess.run([sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=TESTS_DIR, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    if rc != 0:
+        raise RuntimeError(f"offline reference run failed ({rc}); log tail:\n{log_tail(log_path)}")
+    rows = json.loads(out_path.read_text())
+    return {(int(k), i): (tokens, lps) for k, i, tokens, lps in rows}
+
+
+def _offline_refs_main(spec: dict) -> None:
+    from vllm.inputs import TokensPrompt
+
+    from engines import engine, greedy, tokens_and_logprobs
+
+    rows = []
+    for key, path in spec["checkpoints"].items():
+        with engine(path) as llm:
+            for i, ids in enumerate(spec["prompts"]):
+                out = llm.generate([TokensPrompt(prompt_token_ids=ids)],
+                                   greedy(spec["max_tokens"]), use_tqdm=False)[0]
+                rows.append([key, i, *tokens_and_logprobs(out)])
+    Path(spec["out"]).write_text(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    _offline_refs_main(json.loads(sys.argv[1]))
