@@ -51,12 +51,22 @@ def test_alone_matches_static(pudding_llm, static_refs, prompts, set_id):
         assert_matches(tokens_and_logprobs(out), static_refs[set_id, i], f"set {set_id} prompt {i}")
 
 
+def _stats(llm):
+    from vllm_pudding.depth import step_stats
+
+    return llm.apply_model(step_stats)[0]
+
+
 def test_mixed_batch_matches_static(pudding_llm, static_refs, prompts):
+    before = _stats(pudding_llm)
     jobs = [(i, s) for i in range(len(prompts)) for s in range(len(TINY_SETS))]
     outs = pudding_llm.generate([prompts[i] for i, _ in jobs],
                                 [greedy(MAX_TOKENS, s) for _, s in jobs], use_tqdm=False)
     for (i, s), out in zip(jobs, outs):
         assert_matches(tokens_and_logprobs(out), static_refs[s, i], f"mixed: set {s} prompt {i}")
+    after = _stats(pudding_llm)
+    key = "mixed_set_prefill_decode_steps"  # the batch really mixed sets, prefills and decodes
+    assert after.get(key, 0) > before.get(key, 0), after
 
 
 def test_mixed_batch_interleaved_orders(pudding_llm, static_refs, prompts):

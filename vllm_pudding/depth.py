@@ -42,6 +42,7 @@ class _State:
     recording: dict | None = None  # attn group -> CommonAttentionMetadata, during a build
     plan: "StepPlan | None" = None
     dummy: int = 0
+    stats: dict = {}
 
 
 _state = _State()
@@ -84,6 +85,26 @@ def end_step(runner: Any, attn_metadata: Any, num_reqs: int) -> None:
         row_sets = _row_sets(runner, num_reqs)
     groups = _groups_by_layer(runner, recorded)
     _state.plan = StepPlan(attn_metadata, row_sets, groups, _state.kept)
+    if not _state.dummy:
+        _count_step(_state.plan)
+
+
+def _count_step(plan: "StepPlan") -> None:
+    """Cheap per-step counters, read by tests (via LLM.apply_model) and benchmarks."""
+    query_lens = np.diff(plan.query_start_loc[: len(plan.row_sets) + 1])
+    stats = _state.stats
+    stats["steps"] = stats.get("steps", 0) + 1
+    mixed_sets = len(set(plan.row_sets.tolist())) > 1
+    prefill_and_decode = bool((query_lens > 1).any() and (query_lens == 1).any())
+    stats["mixed_set_steps"] = stats.get("mixed_set_steps", 0) + mixed_sets
+    stats["prefill_decode_steps"] = stats.get("prefill_decode_steps", 0) + prefill_and_decode
+    stats["mixed_set_prefill_decode_steps"] = (
+        stats.get("mixed_set_prefill_decode_steps", 0) + (mixed_sets and prefill_and_decode))
+
+
+def step_stats(_model: Any = None) -> dict:
+    """Counters since the model was built in this worker (`LLM.apply_model(step_stats)`)."""
+    return dict(_state.stats)
 
 
 @contextmanager
