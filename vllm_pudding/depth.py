@@ -39,6 +39,8 @@ class _State:
 
     pool: PuddingConfig | None = None
     kept: np.ndarray | None = None  # [num_sets + 1, num_layers] bool, last row = dense
+    slot_of: np.ndarray | None = None  # [num_sets + 1, num_layers] KV slot of a kept layer
+    kv_blocks: int = 0  # blocks the KV manager hands out (each holds num_slots layer slots)
     recording: dict | None = None  # attn group -> CommonAttentionMetadata, during a build
     plan: "StepPlan | None" = None
     dummy: int = 0
@@ -49,13 +51,33 @@ _state = _State()
 
 
 def configure(pool: PuddingConfig, num_layers: int) -> None:
-    """Called when the model is built in a worker: turns the pool into a kept-layer matrix."""
-    kept = np.array(pool.kept_mask(num_layers) + [[True] * num_layers], dtype=bool)
-    _state.pool, _state.kept = pool, kept
+    """Called when the model is built in a worker: kept-layer and KV-slot matrices."""
+    built = [l not in pool.omitted_by_all() for l in range(num_layers)]
+    kept = np.array(pool.kept_mask(num_layers) + [built], dtype=bool)
+    num_slots = num_layers - pool.k
+    # Slot of a kept layer = its rank among the layers its set keeps. Dense rows
+    # (dummy runs, no live request) clip into the last slot: they own no blocks.
+    slot_of = np.minimum(np.cumsum(kept, axis=1) - 1, num_slots - 1)
+    _state.pool, _state.kept, _state.slot_of = pool, kept, slot_of
 
 
 def is_active() -> bool:
     return _state.pool is not None
+
+
+def num_slots() -> int:
+    """KV layer slots per block: the layers one request keeps (L - k)."""
+    return _state.kept.shape[1] - _state.pool.k
+
+
+def set_kv_blocks(num_blocks: int) -> None:
+    _state.kv_blocks = num_blocks
+
+
+def all_slot_blocks(block_ids: list[int]) -> list[int]:
+    """Every slot's copy of these blocks, in the workers' (L - k) x blocks view."""
+    nb = _state.kv_blocks
+    return [b + j * nb for j in range(num_slots()) for b in block_ids]
 
 
 # ---- runner side: record the step's metadata and the row -> set mapping ----
@@ -84,7 +106,8 @@ def end_step(runner: Any, attn_metadata: Any, num_reqs: int) -> None:
     else:
         row_sets = _row_sets(runner, num_reqs)
     groups = _groups_by_layer(runner, recorded)
-    _state.plan = StepPlan(attn_metadata, row_sets, groups, _state.kept)
+    _state.plan = StepPlan(attn_metadata, row_sets, groups, _state.kept,
+                           _slot_offsets(row_sets))
     if not _state.dummy:
         _count_step(_state.plan)
 
@@ -115,6 +138,13 @@ def dummy_run():
         yield
     finally:
         _state.dummy -= 1
+
+
+def _slot_offsets(row_sets: np.ndarray) -> np.ndarray | None:
+    """[rows, layers] block-id offset of each row's KV slot per layer; None without slots."""
+    if not _state.kv_blocks:
+        return None
+    return _state.slot_of[row_sets] * _state.kv_blocks
 
 
 def _row_sets(runner: Any, num_reqs: int) -> np.ndarray:
@@ -151,21 +181,22 @@ def _groups_by_layer(runner: Any, recorded: dict) -> dict[str, tuple[Any, Any]]:
 
 @dataclasses.dataclass
 class SubBatch:
-    """The tokens of the rows that keep a layer, and attention metadata for just them."""
+    """Rows that run a layer: their tokens (None = every token) and attention metadata."""
 
-    token_index: torch.Tensor
+    token_index: torch.Tensor | None
     rows: np.ndarray
     plan: "StepPlan"
     _metadata: dict = dataclasses.field(default_factory=dict)
+    _tables: dict = dataclasses.field(default_factory=dict)
 
     @contextmanager
-    def attention_for(self, layer_name: str):
+    def attention_for(self, layer_name: str, layer_idx: int):
         """Swaps this sub-batch's metadata and slot mapping in for one layer's call."""
         from vllm.forward_context import get_forward_context
 
         ctx = get_forward_context()
-        md, slots = self._layer_metadata(layer_name, ctx.slot_mapping.get(layer_name))
         old_md, old_slots = ctx.attn_metadata[layer_name], ctx.slot_mapping.get(layer_name)
+        md, slots = self._layer_metadata(layer_name, layer_idx, old_md, old_slots)
         ctx.attn_metadata[layer_name] = md
         if slots is not None:
             ctx.slot_mapping[layer_name] = slots
@@ -176,16 +207,53 @@ class SubBatch:
             if slots is not None:
                 ctx.slot_mapping[layer_name] = old_slots
 
-    def _layer_metadata(self, layer_name: str, step_slots: torch.Tensor | None):
+    def _layer_metadata(self, layer_name, layer_idx, step_md, step_slots):
         group, cm = self.plan.groups[layer_name]
+        md, block_table, slots = self._base(group, cm, step_md, step_slots)
+        offsets = self.plan.slot_offsets
+        if offsets is None:
+            return md, slots
+        # KV slots: this layer's pages of each row live `offset` blocks further on.
+        row_off = torch.from_numpy(offsets[self.rows, layer_idx]).to(block_table.device)
+        table = block_table + row_off.to(block_table.dtype)[:, None]
+        tok_off = torch.repeat_interleave(row_off, self._query_lens(cm, row_off.device))
+        block_size = group.kv_cache_spec.block_size
+        new_slots = torch.where(slots >= 0, slots + tok_off * block_size, slots)
+        return _with_tables(self.plan.builder_for(group), md, table, new_slots), new_slots
+
+    def _base(self, group, cm, step_md, step_slots):
+        """Metadata, block table and slot mapping of these rows (before slot offsets)."""
         key = id(group)
         if key not in self._metadata:
-            sub_cm = subset_metadata(cm, self.rows, self.token_index)
-            md = self.plan.builder_for(group).build(common_prefix_len=0,
-                                                     common_attn_metadata=sub_cm)
-            self._metadata[key] = md
-        slots = None if step_slots is None else step_slots[self.token_index]
-        return self._metadata[key], slots
+            if self.token_index is None:
+                self._metadata[key] = (step_md, cm.block_table_tensor[: len(self.rows)],
+                                       cm.slot_mapping[: cm.num_actual_tokens])
+            else:
+                sub_cm = subset_metadata(cm, self.rows, self.token_index)
+                md = self.plan.builder_for(group).build(common_prefix_len=0,
+                                                        common_attn_metadata=sub_cm)
+                self._metadata[key] = (md, sub_cm.block_table_tensor, sub_cm.slot_mapping)
+        md, table, slots = self._metadata[key]
+        if step_slots is not None and self.plan.slot_offsets is None:
+            slots = step_slots if self.token_index is None else step_slots[self.token_index]
+        return md, table, slots
+
+    def _query_lens(self, cm, device) -> torch.Tensor:
+        if "lens" not in self._tables:
+            qsl = cm.query_start_loc_cpu
+            rows = torch.from_numpy(self.rows)
+            self._tables["lens"] = (qsl[rows + 1] - qsl[rows]).to(device)
+        return self._tables["lens"]
+
+
+def _with_tables(builder: Any, md: Any, block_table: torch.Tensor, slots: torch.Tensor):
+    """Backend metadata with another block table and slot mapping (same rows, same lens)."""
+    if getattr(builder, "supports_update_block_table", False):
+        return builder.update_block_table(md, block_table, slots)
+    fields = {f.name for f in dataclasses.fields(md)} if dataclasses.is_dataclass(md) else set()
+    if {"block_table", "slot_mapping"} <= fields:  # e.g. the CPU backend's metadata
+        return dataclasses.replace(md, block_table=block_table, slot_mapping=slots)
+    raise NotImplementedError(f"vllm-pudding KV slots: cannot retarget {type(md).__name__}")
 
 
 class StepPlan:
@@ -194,22 +262,28 @@ class StepPlan:
     _builders: dict = {}
 
     def __init__(self, attn_metadata: dict, row_sets: np.ndarray,
-                 groups: dict[str, tuple[Any, Any]], kept: np.ndarray):
+                 groups: dict[str, tuple[Any, Any]], kept: np.ndarray,
+                 slot_offsets: np.ndarray | None = None):
         self.attn_metadata = attn_metadata
         self.row_sets = row_sets
         self.groups = groups
         self.row_kept = kept[row_sets]  # [num_reqs, num_layers]
+        self.slot_offsets = slot_offsets  # [num_reqs, num_layers] or None
         any_group = next(iter(groups.values()))[1]
         self.query_start_loc = any_group.query_start_loc_cpu.numpy()
         self.device = any_group.query_start_loc.device
         self._by_mask: dict[bytes, Any] = {}
 
     def for_layer(self, idx: int):
+        """ALL (stock call), NONE (skip) or the SubBatch of rows that keep layer idx."""
         mask = self.row_kept[:, idx]
         key = mask.tobytes()
         if key not in self._by_mask:
             self._by_mask[key] = self._make(mask)
-        return self._by_mask[key]
+        found = self._by_mask[key]
+        if found is ALL and self.slot_offsets is not None:
+            return self._all_rows()  # every layer needs its own KV slot tables
+        return found
 
     def _make(self, mask: np.ndarray):
         if mask.all():
@@ -219,6 +293,11 @@ class StepPlan:
             return NONE
         index = token_index(self.query_start_loc, rows)
         return SubBatch(torch.from_numpy(index).to(self.device), rows, self)
+
+    def _all_rows(self) -> SubBatch:
+        if "all" not in self._by_mask:
+            self._by_mask["all"] = SubBatch(None, np.arange(len(self.row_sets)), self)
+        return self._by_mask["all"]
 
     @classmethod
     def builder_for(cls, group: Any):
@@ -323,20 +402,26 @@ class LayerRunner:
         if sub is NONE:
             return
         if sub is ALL:
-            self.hidden, self.residual = layer(self.positions, self.hidden, self.residual,
-                                               **self.kwargs)
-            self._owned = True
-            return
-        self._run_rows(sub, layer)
+            self._run_all(layer)
+        elif sub.token_index is None:
+            with sub.attention_for(layer.self_attn.attn.layer_name, idx):
+                self._run_all(layer)
+        else:
+            self._run_rows(sub, idx, layer)
 
-    def _run_rows(self, sub: SubBatch, layer: torch.nn.Module) -> None:
+    def _run_all(self, layer: torch.nn.Module) -> None:
+        self.hidden, self.residual = layer(self.positions, self.hidden, self.residual,
+                                           **self.kwargs)
+        self._owned = True
+
+    def _run_rows(self, sub: SubBatch, idx: int, layer: torch.nn.Module) -> None:
         if self.residual is None:
             # The fused add-norm sees residual + 0 == the unfused first-layer input.
             self.residual = torch.zeros_like(self.hidden)
         if not self._owned:
             self.hidden, self._owned = self.hidden.clone(), True
         tok = sub.token_index
-        with sub.attention_for(layer.self_attn.attn.layer_name):
+        with sub.attention_for(layer.self_attn.attn.layer_name, idx):
             h, r = layer(self.positions[tok], self.hidden[tok], self.residual[tok],
                          **self.kwargs)
         self.hidden.index_copy_(0, tok, h)

@@ -15,6 +15,7 @@ PATCHES = (
     "request_admission",  # validate/resolve set ids, per-set prefix-cache salt
     "offline_validation",  # LLM.generate names the bad request before running any
     "v1_runner",  # PuDDing models run on the V1 model runner
+    "kv_slots",  # KV storage only for each request's kept layers
 )
 
 _applied = False
@@ -30,12 +31,15 @@ def apply_all() -> None:
     _applied = True
 
 
-def wrap(owner: type, attr: str, make_wrapper) -> None:
-    """Replaces owner.attr by make_wrapper(original) once; checks the feature exists."""
+def wrap(owner, attr: str, make_wrapper) -> None:
+    """Replaces owner.attr (a class or module) by make_wrapper(original) once.
+
+    Checks the feature exists instead of comparing vLLM's version string.
+    """
     original = getattr(owner, attr, None)
     if original is None:
         raise RuntimeError(
-            f"vllm-pudding: {owner.__module__}.{owner.__name__}.{attr} is missing; "
+            f"vllm-pudding: {getattr(owner, '__qualname__', owner.__name__)}.{attr} is missing; "
             "this vLLM build is not the one vllm-pudding supports (0.32.0)"
         )
     if getattr(original, "__pudding_wrapped__", False):

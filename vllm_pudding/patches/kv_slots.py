@@ -1,0 +1,126 @@
+"""Patch: KV cache storage only for the layers each request keeps.
+
+What: wraps `kv_cache_utils._pool_bytes_per_block` and
+`kv_cache_utils.get_kv_cache_config_from_groups` (engine core: how many blocks
+fit), the runner module's `allocate_kv_cache` (worker: the views) and
+`GPUModelRunner._zero_block_ids`.
+Why: every candidate omits exactly k of L layers, so a request needs KV for
+L - k layers. A block holds L - k *layer slots* instead of one page per built
+layer: the block manager sees L/(L-k) times more blocks in the same memory. A
+request's layer l lives in slot j = rank of l among the layers its set keeps;
+slot j of block b is page j * num_blocks + b of one shared region, which every
+attention layer views whole. `vllm_pudding.depth` offsets each row's block
+table and slot mapping by j * num_blocks per layer.
+How: the block budget divides memory by (L - k) pages instead of L' (built
+layers); one KVCacheTensor with layer stride 0 spans (L - k) * num_blocks pages;
+workers view it with (L - k) * num_blocks blocks; zeroing a block zeroes all its
+slots. Needs one uniform full-attention KV group and a layer-outer layout (the
+CPU default, LBHNC); anything else raises NotImplementedError at start-up.
+Removable when: vLLM supports per-request layer subsets in its KV manager.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vllm_pudding import depth
+from vllm_pudding.config import from_hf_config
+from vllm_pudding.patches import wrap
+
+
+def apply() -> None:
+    from vllm.v1.core import kv_cache_utils
+    from vllm.v1.worker import gpu_model_runner
+
+    # Module-level functions: their callers look them up in the module at call time.
+    wrap(kv_cache_utils, "_pool_bytes_per_block", _wrap_bytes_per_block)
+    wrap(kv_cache_utils, "get_kv_cache_config_from_groups", _wrap_config)
+    wrap(gpu_model_runner, "allocate_kv_cache", _wrap_allocate)
+    wrap(gpu_model_runner.GPUModelRunner, "_zero_block_ids", _wrap_zero)
+    try:  # the CPU runner overrides _zero_block_ids
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    except ImportError:
+        return
+    wrap(CPUModelRunner, "_zero_block_ids", _wrap_zero)
+
+
+def slots_per_block(vllm_config) -> tuple[int, int] | None:
+    """(layer slots per block, built attention layers) for PuDDing models, else None."""
+    model_config = getattr(vllm_config, "model_config", None)
+    hf_config = getattr(model_config, "hf_config", None)
+    pool = from_hf_config(hf_config) if hf_config is not None else None
+    if pool is None:
+        return None
+    num_layers = hf_config.num_hidden_layers
+    return num_layers - pool.k, num_layers - len(pool.omitted_by_all())
+
+
+def _single_group(groups) -> None:
+    if len(groups) != 1 or groups[0].host_resident:
+        raise NotImplementedError("vllm-pudding KV slots need one full-attention KV group")
+
+
+def _wrap_bytes_per_block(original):
+    def _pool_bytes_per_block(vllm_config, kv_cache_groups):
+        full = original(vllm_config, kv_cache_groups)
+        slots = slots_per_block(vllm_config)
+        if slots is None or not kv_cache_groups:
+            return full
+        _single_group(kv_cache_groups)
+        num_slots, built = slots
+        return full // built * num_slots
+
+    return _pool_bytes_per_block
+
+
+def _wrap_config(original):
+    def get_kv_cache_config_from_groups(vllm_config, kv_cache_groups, available_memory):
+        slots = slots_per_block(vllm_config)
+        if slots is None or not kv_cache_groups:
+            return original(vllm_config, kv_cache_groups, available_memory)
+        _single_group(kv_cache_groups)
+        num_slots, built = slots
+        # The stock planner divides by `built` pages per block; give it the memory
+        # that makes its block count equal to what `num_slots` pages per block allow.
+        config = original(vllm_config, kv_cache_groups, available_memory * built // num_slots)
+        return _slot_layout(config, num_slots)
+
+    return get_kv_cache_config_from_groups
+
+
+def _slot_layout(config, num_slots: int):
+    (tensor,) = config.kv_cache_tensors
+    nb = config.num_blocks
+    if tensor.layer_stride != tensor.block_stride * nb or tensor.offset:
+        raise NotImplementedError(
+            "vllm-pudding KV slots need a layer-outer KV cache layout (e.g. LBHNC)")
+    slot_tensor = dataclasses.replace(tensor, size=tensor.block_stride * nb * num_slots,
+                                      layer_stride=0)
+    return dataclasses.replace(config, kv_cache_tensors=[slot_tensor])
+
+
+def _wrap_allocate(original):
+    def allocate_kv_cache(kv_cache_config, *args, **kwargs):
+        if not depth.is_active():
+            return original(kv_cache_config, *args, **kwargs)
+        depth.set_kv_blocks(kv_cache_config.num_blocks)
+        (tensor,) = kv_cache_config.kv_cache_tensors
+        pages = kv_cache_config.num_blocks * depth.num_slots()
+        # vLLM's view builder wants positive strides: view the region once, for one
+        # layer, as `pages` blocks, and give every layer that same view.
+        one = dataclasses.replace(tensor, layers=tensor.layers[:1],
+                                  layer_stride=tensor.block_stride * pages)
+        view = original(dataclasses.replace(kv_cache_config, num_blocks=pages,
+                                            kv_cache_tensors=[one]), *args, **kwargs)
+        return {name: view[tensor.layers[0]] for name in tensor.layers}
+
+    return allocate_kv_cache
+
+
+def _wrap_zero(original):
+    def _zero_block_ids(self, block_ids):
+        if depth.is_active() and block_ids:
+            block_ids = depth.all_slot_blocks(block_ids)
+        return original(self, block_ids)
+
+    return _zero_block_ids
