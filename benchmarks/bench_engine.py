@@ -157,8 +157,12 @@ def report(result: dict) -> str:
             target_s = f">= {target}" if target else ""
         lines.append(f"| {label} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {target_s} |")
     kv = result["kv_tokens"]
-    lines.append(f"\nKV capacity (tokens, same 1 GiB): dense {kv['dense']}, pudding {kv['pudding']} "
-                 f"({kv['pudding'] / kv['dense']:.3f}x; layers omitted by every set are not built)")
+    per_req = DECODE["prompt"] + DECODE["out"]
+    lines.append(f"\nKV capacity (tokens, same 1 GiB): dense {kv['dense']}, static {kv['static']}, "
+                 f"pudding {kv['pudding']} ({kv['pudding'] / kv['dense']:.3f}x dense; target "
+                 f">= {result['num_layers'] / (result['num_layers'] - result['k']):.3f})")
+    lines.append(f"max concurrent {per_req}-token requests: dense {kv['dense'] // per_req}, "
+                 f"pudding {kv['pudding'] // per_req}")
     return "\n".join(lines)
 
 
