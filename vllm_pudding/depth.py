@@ -216,7 +216,7 @@ class SubBatch:
         # KV slots: this layer's pages of each row live `offset` blocks further on.
         row_off = torch.from_numpy(offsets[self.rows, layer_idx]).to(block_table.device)
         table = block_table + row_off.to(block_table.dtype)[:, None]
-        tok_off = torch.repeat_interleave(row_off, self._query_lens(cm, row_off.device))
+        tok_off = row_off[self._token_rows(cm, row_off.device)]
         block_size = group.kv_cache_spec.block_size
         new_slots = torch.where(slots >= 0, slots + tok_off * block_size, slots)
         return _with_tables(self.plan.builder_for(group), md, table, new_slots), new_slots
@@ -238,12 +238,15 @@ class SubBatch:
             slots = step_slots if self.token_index is None else step_slots[self.token_index]
         return md, table, slots
 
-    def _query_lens(self, cm, device) -> torch.Tensor:
-        if "lens" not in self._tables:
+    def _token_rows(self, cm, device) -> torch.Tensor:
+        """Position (within self.rows) of each of this sub-batch's tokens; once per step."""
+        if "token_rows" not in self._tables:
             qsl = cm.query_start_loc_cpu
             rows = torch.from_numpy(self.rows)
-            self._tables["lens"] = (qsl[rows + 1] - qsl[rows]).to(device)
-        return self._tables["lens"]
+            lens = qsl[rows + 1] - qsl[rows]
+            order = torch.arange(len(self.rows))
+            self._tables["token_rows"] = torch.repeat_interleave(order, lens).to(device)
+        return self._tables["token_rows"]
 
 
 def _with_tables(builder: Any, md: Any, block_table: torch.Tensor, slots: torch.Tensor):
