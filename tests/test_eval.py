@@ -1,0 +1,282 @@
+"""Evaluation: metrics on hand-made scores, tokenization, and vLLM scoring vs HF transformers.
+
+The vLLM checks use the shared tiny PuDDing engine (`pudding_llm`, fp32, MiniLM
+tokenizer) on a few real examples; the reference is an HF Llama with the set's layers
+deleted, scoring the same continuation tokens with a plain forward pass.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY_SETS
+from vllm_pudding.data.mc import MCExample
+from vllm_pudding.eval import (Estimate, RunResult, ScoredExample, accuracy, encode_pair,
+                               evaluate_run, markdown_table, mean_of, oracle_rows, predict,
+                               score_examples, task_result, wilson)
+
+# ---------------------------------------------------------------- metrics (no engine)
+
+
+def _scored(logprobs, num_bytes, gold, task="arc_challenge", doc_id="0"):
+    return ScoredExample(task=task, doc_id=doc_id, gold=gold, set_id=None, logprobs=logprobs,
+                         num_tokens=[1] * len(logprobs), num_bytes=num_bytes)
+
+
+def test_acc_and_acc_norm_on_hand_made_logprobs():
+    # acc picks the largest sum (-2.0, choice 1); acc_norm the largest per byte:
+    # -4/20 = -0.2 (choice 0) beats -2/5 = -0.4 and -3/6 = -0.5.
+    s = _scored([-4.0, -2.0, -3.0], [20, 5, 6], gold=0)
+    assert s.pred == 1 and s.pred_norm == 0
+    assert not s.correct and s.correct_norm
+    assert predict([-1.0, -1.0, -2.0]) == 0  # ties: first index, like numpy
+    res = task_result("arc_challenge", [s, _scored([-1.0, -5.0, -9.0], [3, 3, 3], gold=0),
+                                        _scored([-3.0, -1.0, -2.0], [3, 3, 3], gold=2)])
+    assert res.metric == "acc_norm"
+    assert res.acc.value == pytest.approx(1 / 3) and res.acc_norm.value == pytest.approx(2 / 3)
+    assert res.value is res.acc_norm and res.acc.n == 3
+    assert task_result("piqa", [s]).value.value == 0.0  # PIQA reports acc
+
+
+def test_mean_logprobs():
+    s = ScoredExample(task="t", doc_id="0", gold=0, set_id=3, logprobs=[-6.0, -2.0],
+                      num_tokens=[3, 1], num_bytes=[9, 3])
+    assert s.mean_logprobs == [-2.0, -2.0]
+
+
+def test_wilson_interval():
+    e = wilson(50, 100)
+    assert e.value == 0.5 and e.n == 100
+    assert e.low == pytest.approx(0.4038, abs=1e-4) and e.high == pytest.approx(0.5962, abs=1e-4)
+    e = wilson(0, 20)
+    assert e.low == 0.0 and e.high == pytest.approx(0.1611, abs=1e-4)
+    assert accuracy([True, False, True, True]) == wilson(3, 4)
+    assert e.fmt() == "0.0 [0.0, 16.1]"
+
+
+def test_mean_of_normal_approximation():
+    a, b = wilson(60, 100), wilson(80, 400)
+    m = mean_of([a, b])
+    assert m.value == pytest.approx(0.4)
+    half = 1.959964 * math.sqrt(0.6 * 0.4 / 100 + 0.2 * 0.8 / 400) / 2
+    assert m.high - m.value == pytest.approx(half, rel=1e-5) and m.n == 500
+
+
+def test_oracle_rows_and_table():
+    def run(label, flags):
+        exs = [_scored([0.0, -1.0] if ok else [-1.0, 0.0], [1, 1], gold=0, task="piqa",
+                       doc_id=str(i)) for i, ok in enumerate(flags)]
+        return RunResult(label=label, layers=[1], tasks={"piqa": task_result("piqa", exs)},
+                         examples={"piqa": exs})
+
+    runs = [run("dense", [1, 1, 1, 1]), run("set0", [1, 0, 0, 1]), run("set1", [0, 1, 1, 1]),
+            run("set2", [1, 1, 0, 0]), run("set3", [1, 1, 0, 0])]
+    task_row, example_row = oracle_rows(runs)
+    assert task_row.tasks["piqa"].picked == "set1"  # dense is no candidate
+    assert task_row.tasks["piqa"].acc.value == 0.75
+    assert oracle_rows(runs[3:])[0].tasks["piqa"].picked == "set2"  # ties: the first
+    assert example_row.tasks["piqa"].acc.value == 1.0
+    table = markdown_table(runs + [task_row, example_row])
+    assert "piqa (acc, n=4)" in table and "75.0 [" in table and "(set1)" in table
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_base))
+
+
+def test_encode_pair_lm_eval_split(tokenizer):
+    ctx, cont = encode_pair(tokenizer, "Question: is the sky blue?\nAnswer:", " yes it is")
+    whole = tokenizer("Question: is the sky blue?\nAnswer: yes it is",
+                      add_special_tokens=False)["input_ids"]
+    assert ctx + cont == whole and len(cont) == 3
+    # Trailing context spaces move to the continuation; no special tokens anywhere.
+    ctx2, cont2 = encode_pair(tokenizer, "Question: is the sky blue?\nAnswer: ", "yes it is")
+    assert (ctx2, cont2) == (ctx, cont)
+    assert tokenizer.cls_token_id not in ctx + cont
+    # Empty context: the BOS (else EOS, else CLS: this BERT tokenizer) token stands in.
+    ctx3, cont3 = encode_pair(tokenizer, "", "yes")
+    assert ctx3 == [tokenizer.cls_token_id] and len(cont3) == 1
+
+
+# ---------------------------------------------------------------- vLLM vs HF reference
+
+def _examples():
+    from vllm_pudding.data.tasks import validation_examples
+
+    exs = (validation_examples("arc_easy", n=2, seed=None)
+           + validation_examples("winogrande", n=2, seed=None)
+           + validation_examples("mmlu", n=2, seed=None)
+           + validation_examples("hellaswag", n=1, seed=None))
+    # MMLU's " A".." D" are single tokens: scored by the shared-context path.
+    return exs
+
+
+def hf_scores(base, omitted, tokenizer, examples):
+    """Summed continuation log-probs per example and choice, HF fp32, layers deleted."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    model.model.layers = torch.nn.ModuleList(
+        layer for i, layer in enumerate(model.model.layers) if i not in omitted)
+    model.config.num_hidden_layers = len(model.model.layers)
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = i
+    out = []
+    with torch.no_grad():
+        for ex in examples:
+            row = []
+            for c in range(ex.num_choices):
+                ctx, cont = encode_pair(tokenizer, *ex.pair(c))
+                ids = torch.tensor([ctx + cont])
+                lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+                row.append(sum(float(lp[len(ctx) + j - 1, t]) for j, t in enumerate(cont)))
+            out.append(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return _examples()
+
+
+@pytest.mark.parametrize("set_id", range(len(TINY_SETS)))
+def test_vllm_scores_match_hf(pudding_llm, tiny_base, tokenizer, examples, set_id):
+    ref = hf_scores(tiny_base, set(TINY_SETS[set_id]), tokenizer, examples)
+    per_choice = score_examples(pudding_llm, tokenizer, examples, set_id, shared_context=False)
+    shared = score_examples(pudding_llm, tokenizer, examples, set_id)
+    for ex, r, a, b in zip(examples, ref, per_choice, shared):
+        assert a.set_id == set_id and a.gold == ex.gold and a.doc_id == ex.doc_id
+        assert len(a.logprobs) == ex.num_choices
+        tol = 2e-3  # fp32 both sides; measured <= 1e-4
+        assert a.logprobs == pytest.approx(r, abs=tol), ex.task
+        assert b.logprobs == pytest.approx(r, abs=tol), ex.task
+        assert a.num_bytes == [len(ex.pair(c)[1].encode()) for c in range(ex.num_choices)]
+    # Sets really differ (the tiny model's depth matters).
+    assert per_choice[0].logprobs != pytest.approx(
+        score_examples(pudding_llm, tokenizer, examples[:1], (set_id + 1) % len(TINY_SETS),
+                       shared_context=False)[0].logprobs, abs=1e-3)
+
+
+def test_per_example_sets_in_one_batch(pudding_llm, tokenizer, examples):
+    """A mapping (task, doc_id) -> set mixes sets in one generate; each example scores as
+    it does alone under its set."""
+    mapping = {(ex.task, ex.doc_id): i % len(TINY_SETS) for i, ex in enumerate(examples)}
+    mixed = score_examples(pudding_llm, tokenizer, examples, mapping)
+    for i, (ex, m) in enumerate(zip(examples, mixed)):
+        assert m.set_id == i % len(TINY_SETS)
+        alone = score_examples(pudding_llm, tokenizer, [ex], m.set_id)[0]
+        assert m.logprobs == pytest.approx(alone.logprobs, abs=2e-3 * max(m.num_tokens) + 1e-3)
+    via_callable = score_examples(pudding_llm, tokenizer, examples[:2], lambda ex: 2)
+    assert [s.set_id for s in via_callable] == [2, 2]
+
+
+def test_truncation_keeps_continuation(pudding_llm, tokenizer):
+    long_ctx = "Question: " + "word " * 700 + "?\nAnswer:"
+    ex = MCExample(task="piqa", doc_id="x", contexts=[long_ctx],
+                   continuations=[" yes it is", " no"], gold=0)
+    (s,) = score_examples(pudding_llm, tokenizer, [ex], 0, shared_context=False)
+    assert s.num_tokens == [3, 1] and all(math.isfinite(v) for v in s.logprobs)
+
+
+def test_evaluate_run(pudding_llm, tokenizer, examples):
+    data = {"winogrande": [e for e in examples if e.task == "winogrande"],
+            "mmlu": [e for e in examples if e.task == "mmlu"]}
+    logs = []
+    run = evaluate_run(pudding_llm, tokenizer, "set1", data, 1, TINY_SETS[1], log=logs.append)
+    assert set(run.tasks) == {"winogrande", "mmlu"} and len(logs) == 2
+    assert run.tasks["mmlu"].acc.n == 2 and run.tasks["mmlu"].requests == 2  # shared context
+    assert run.tasks["winogrande"].requests == 4
+    assert isinstance(run.tasks["winogrande"].value, Estimate)
+    assert [s.set_id for s in run.examples["mmlu"]] == [1, 1]
+
+
+def test_cli_pool_and_extra_sets(tiny_pudding, tmp_path, capsys):
+    """One engine: the tiny pool plus a labelled extra set (temporary pudding dir)."""
+    from vllm_pudding.eval.__main__ import main
+
+    out = tmp_path / "res.json"
+    rc = main(["--model", str(tiny_pudding), "--tasks", "winogrande,mmlu", "--n", "3",
+               "--sets", "0,2", "--extra-sets", json.dumps({"static": [1, 2]}),
+               "--dtype", "float32", "--max-model-len", "512", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| set0 | [0, 1] |" in text and "| static | [1, 2] |" in text
+    assert "oracle-task" in text and "winogrande (acc, n=3)" in text
+    res = json.loads(out.read_text())
+    assert set(res["runs"]) == {"set0", "set2", "static", "oracle-task", "oracle-example"}
+    ex = res["examples"]["static"]["mmlu"][0]
+    assert ex["set_id"] == len(TINY_SETS) and len(ex["logprobs"]) == 4
+    assert res["runs"]["set2"]["tasks"]["mmlu"]["acc"]["n"] == 3
+
+
+# ---------------------------------------------------------------- static baselines (HF)
+
+@pytest.fixture(scope="module")
+def planted(tiny_base, tmp_path_factory):
+    """The tiny base with blocks 2 and 4 made exact identities (o_proj, down_proj = 0)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("planted") / "base"
+    shutil.copytree(tiny_base, out)
+    state = load_file(out / "model.safetensors")
+    for i in (2, 4):
+        for name in ("self_attn.o_proj", "mlp.down_proj"):
+            state[f"model.layers.{i}.{name}.weight"].zero_()
+    save_file(state, out / "model.safetensors")
+    return out
+
+
+def _direct_nll(model, ids, omitted):
+    """Mean next-token NLL of a full HF forward with `omitted` blocks deleted."""
+    import copy
+
+    m = copy.deepcopy(model)
+    m.model.layers = torch.nn.ModuleList(
+        l for i, l in enumerate(m.model.layers) if i not in omitted)
+    logits = m(ids).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).item()
+
+
+def test_shortgpt_finds_planted_identity_blocks(planted):
+    from vllm_pudding.search.baselines import Blocks, calibration_ids, load_hf, shortgpt
+
+    model, tok = load_hf(planted, torch.float32)
+    ids = calibration_ids(tok, num_seqs=2, seq_len=32)
+    assert ids.shape == (2, 32)
+    with torch.no_grad():
+        res = shortgpt(Blocks(model, ids), 2, log=None)
+    assert res["layers"] == [2, 4]
+    assert res["block_influence"][2] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sleb_matches_direct_greedy(planted):
+    """SLEB's cached-prefix trials equal full forwards with the blocks deleted, and the
+    greedy picks the argmin of those; block 0 and the last block are never removed."""
+    from vllm_pudding.search.baselines import Blocks, calibration_ids, load_hf, sleb
+
+    model, tok = load_hf(planted, torch.float32)
+    ids = calibration_ids(tok, num_seqs=2, seq_len=32)
+    with torch.no_grad():
+        res = sleb(Blocks(model, ids), 2, log=None)
+        removed = []
+        for step in range(2):
+            alive = [i for i in range(6) if i not in removed]
+            direct = {i: _direct_nll(model, ids, set(removed) | {i}) for i in alive[1:-1]}
+            trials = {int(k): v for k, v in res["trials"][step].items()}
+            assert set(trials) == set(direct)
+            for i in direct:
+                assert trials[i] == pytest.approx(direct[i], abs=1e-4)
+            removed.append(min(direct, key=lambda i: (direct[i], i)))
+    assert res["order"] == removed and 0 not in removed and 5 not in removed
+    assert res["dense_nll"] == pytest.approx(_direct_nll(model, ids, set()), abs=1e-4)
