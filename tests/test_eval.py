@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_SETS
+from tiny_models import hf_without_layers
 from vllm_pudding.data.mc import MCExample
 from vllm_pudding.eval import (Estimate, RunResult, ScoredExample, accuracy, encode_pair,
                                evaluate_run, markdown_table, mean_of, oracle_rows, predict,
@@ -121,14 +122,7 @@ def _examples():
 
 def hf_scores(base, omitted, tokenizer, examples):
     """Summed continuation log-probs per example and choice, HF fp32, layers deleted."""
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    model.model.layers = torch.nn.ModuleList(
-        layer for i, layer in enumerate(model.model.layers) if i not in omitted)
-    model.config.num_hidden_layers = len(model.model.layers)
-    for i, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = i
+    model = hf_without_layers(base, omitted)
     out = []
     with torch.no_grad():
         for ex in examples:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY_SETS
+from tiny_models import hf_without_layers
 from engines import greedy, token_prompts, tokens_and_logprobs
 
 PROMPTS = token_prompts([6, 40], seed=5)
@@ -15,14 +16,7 @@ STEPS = 8
 
 
 def hf_greedy(base, omitted, prompt_ids):
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    model.model.layers = torch.nn.ModuleList(
-        layer for i, layer in enumerate(model.model.layers) if i not in omitted)
-    model.config.num_hidden_layers = len(model.model.layers)
-    for i, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = i
+    model = hf_without_layers(base, omitted)
     ids = torch.tensor([prompt_ids])
     tokens, logprobs = [], []
     with torch.no_grad():

@@ -52,3 +52,16 @@ def write_tiny_llama(out: Path, num_layers: int = 6, seed: int = 0,
         if (tok_dir / name).exists():
             shutil.copy(tok_dir / name, out / name)
     return out
+
+
+def hf_without_layers(base: Path, omitted) -> "torch.nn.Module":
+    """HF LlamaForCausalLM (fp32, eval) with the `omitted` layers deleted: an independent reference."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    model.model.layers = torch.nn.ModuleList(
+        layer for i, layer in enumerate(model.model.layers) if i not in set(omitted))
+    model.config.num_hidden_layers = len(model.model.layers)
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = i
+    return model
