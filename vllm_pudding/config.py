@@ -81,7 +81,8 @@ class PuddingConfig(BaseModel):
 
     def kept_mask(self, num_layers: int) -> list[list[bool]]:
         """kept[set_id][layer] is True when that set runs that layer."""
-        return [[l not in set(s) for l in range(num_layers)] for s in self.omission_sets]
+        omitted = [set(s) for s in self.omission_sets]
+        return [[l not in o for l in range(num_layers)] for o in omitted]
 
     def resolve_set_id(self, value: Any) -> int:
         """Turns a request's `pudding_set` value into a valid set id or raises."""

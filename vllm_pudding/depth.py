@@ -52,7 +52,8 @@ _state = _State()
 
 def configure(pool: PuddingConfig, num_layers: int) -> None:
     """Called when the model is built in a worker: kept-layer and KV-slot matrices."""
-    built = [l not in pool.omitted_by_all() for l in range(num_layers)]
+    never_kept = pool.omitted_by_all()
+    built = [l not in never_kept for l in range(num_layers)]
     kept = np.array(pool.kept_mask(num_layers) + [built], dtype=bool)
     num_slots = num_layers - pool.k
     # Slot of a kept layer = its rank among the layers its set keeps. Dense rows
