@@ -9,7 +9,7 @@ with a message, never later inside a forward pass.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -18,6 +18,17 @@ SECTION = "pudding"
 
 SET_ARG = "pudding_set"
 """`SamplingParams.extra_args` / `vllm_xargs` key that pins a request's set id."""
+
+
+class RouterRef(BaseModel):
+    """Where the pudding dir's router lives; requests without a `pudding_set` use it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="Router folder, relative to the pudding model dir "
+                      "(holds router.json and head.safetensors).")
+    kind: Literal["text", "hidden"] = Field(
+        description="text: separate prompt encoder; hidden: base-model prefix states.")
 
 
 class PuddingConfig(BaseModel):
@@ -33,8 +44,9 @@ class PuddingConfig(BaseModel):
     default_set: int = Field(
         0, description="Set id used by requests that name none (until a router decides)."
     )
-    router: dict[str, Any] | None = Field(
-        None, description="Router reference, filled in by the router tooling; None = no router."
+    router: RouterRef | None = Field(
+        None, description="The router that picks a set for requests that name none; "
+        "None: they get `default_set`. Written by `python -m vllm_pudding.router.train`."
     )
     provisional: bool = Field(
         False, description="True when the pool is a stand-in, not the calibrated pool search."

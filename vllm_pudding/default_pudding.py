@@ -4,7 +4,10 @@ Built once into `<cache>/pudding/<name>/` (symlinks to the converted model, so
 it costs no disk) and reused. The pool comes from a committed JSON file: no
 search runs at demo, test or benchmark time. The file is the calibrated pool of
 `python -m vllm_pudding.search` (10 sets, k = 7); `smollm2_135m_provisional.json`
-is the earlier stand-in that the first benchmarks and evaluation used.
+is the earlier stand-in that the first benchmarks and evaluation used. The router
+(`vllm_pudding/routers/<pool>/<kind>/`: head weights and spec, trained by
+`python -m vllm_pudding.router.train`) is installed too, so requests that name no
+set are routed.
 
 Command (builds if needed, prints the path)::
 
@@ -18,10 +21,12 @@ from importlib import resources
 from pathlib import Path
 
 from vllm_pudding.artifact import build_pudding_dir, load_pudding_dir
-from vllm_pudding.config import PuddingConfig
+from vllm_pudding.config import PuddingConfig, RouterRef
 from vllm_pudding.default_model import cache_dir, ensure_default_model
 
 POOL_FILE = "smollm2_135m_k7.json"
+ROUTER_KIND = "text"
+"""The router the default dir installs (the other kind stays selectable: install_router)."""
 
 
 def default_pool() -> tuple[PuddingConfig, dict]:
@@ -33,17 +38,40 @@ def default_pool() -> tuple[PuddingConfig, dict]:
     return pool, {"pool_file": POOL_FILE, "pool": raw}
 
 
+def default_router() -> Path | None:
+    """The committed router folder for the default pool, if one was trained."""
+    folder = resources.files("vllm_pudding.routers").joinpath(Path(POOL_FILE).stem, ROUTER_KIND)
+    return Path(str(folder)) if folder.joinpath("router.json").is_file() else None
+
+
+def _is_current(out: Path, pool: PuddingConfig, router: Path | None) -> bool:
+    try:
+        if load_pudding_dir(out) != pool:
+            return False
+    except ValueError:
+        return False  # a stale or broken dir is rebuilt
+    if router is None:
+        return True
+    installed = out / pool.router.path
+    return all((installed / f).is_file() and (installed / f).read_bytes() == (router / f).read_bytes()
+               for f in ("router.json", "head.safetensors"))
+
+
 def ensure_default_pudding_dir() -> Path:
     """Path of the default pudding dir, building it when absent or stale."""
+    from vllm_pudding.router.install import install_router
+
     pool, meta = default_pool()
+    router = default_router()
+    expected = pool.model_copy(update={"router": RouterRef(path=f"router-{ROUTER_KIND}",
+                                                           kind=ROUTER_KIND)}) if router else pool
     out = cache_dir() / "pudding" / f"SmolLM2-135M-Instruct-{Path(POOL_FILE).stem}"
-    if out.exists():
-        try:
-            if load_pudding_dir(out) == pool:
-                return out
-        except ValueError:
-            pass  # a stale or broken dir is rebuilt below
-    return build_pudding_dir(ensure_default_model(), pool, out, meta=meta)
+    if out.exists() and _is_current(out, expected, router):
+        return out
+    out = build_pudding_dir(ensure_default_model(), pool, out, meta=meta)
+    if router is not None:
+        install_router(out, router)
+    return out
 
 
 if __name__ == "__main__":

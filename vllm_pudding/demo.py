@@ -1,9 +1,10 @@
 """The main demo: one offline `LLM.generate` batch, every request at its own depth.
 
 Builds the default pudding dir if needed (SmolLM2-135M-Instruct, converted once),
-runs a batch of chat prompts pinned round-robin to the pool's sets (one left to
-the default set), prints each request's set, omitted layers, answer and the
-batch's speed, then the same batch on dense stock vLLM for comparison.
+runs a batch of chat prompts, half routed by the dir's router (no `pudding_set`:
+the router picks each one's set, once, in one batched call) and half pinned to
+sets, prints each request's set (as the output reports it), omitted layers, answer
+and the batch's speed, then the same batch on dense stock vLLM for comparison.
 
 Command::
 
@@ -59,7 +60,8 @@ def main() -> None:
 
     pudding_dir = ensure_default_pudding_dir()
     pool = load_pudding_dir(pudding_dir)
-    set_ids = [None] + [i % len(pool.omission_sets) for i in range(len(QUESTIONS) - 1)]
+    half = len(QUESTIONS) // 2
+    set_ids = [None] * half + [i % len(pool.omission_sets) for i in range(len(QUESTIONS) - half)]
     llm = _engine(str(pudding_dir))
     outs, pudding_tps = _timed_chat(llm, [_params(s) for s in set_ids])
     _, one_set_tps = _timed_chat(llm, [_params(pool.default_set)] * len(QUESTIONS))
@@ -73,10 +75,12 @@ def main() -> None:
 def _report(pool, set_ids, outs, dense_outs, speeds, pudding_dir) -> None:
     mixed_tps, one_set_tps, dense_tps = speeds
     print(f"\npudding dir: {pudding_dir}" + ("  (provisional pool)" if pool.provisional else ""))
-    print(f"pool: {len(pool.omission_sets)} sets, k={pool.k} of 30 layers\n")
+    router = f"{pool.router.kind} router" if pool.router else "no router (default set)"
+    print(f"pool: {len(pool.omission_sets)} sets, k={pool.k} of 30 layers; {router}\n")
     for q, s, out, dense in zip(QUESTIONS, set_ids, outs, dense_outs):
-        sid = pool.default_set if s is None else s
-        how = "default" if s is None else "pinned"
+        sid = getattr(out, "pudding_set", pool.default_set)
+        how = "routed" if getattr(out, "pudding_routed", False) else (
+            "pinned" if s is not None else "default")
         print(f"[set {sid} ({how}), omits {pool.omission_sets[sid]}] {q}")
         print(f"    pudding: {out.outputs[0].text.strip()[:160]!r}")
         print(f"    dense:   {dense.outputs[0].text.strip()[:160]!r}")

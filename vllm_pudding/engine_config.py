@@ -22,7 +22,14 @@ class PuddingEngineConfig:
 
     @staticmethod
     def verify_and_update_model_config(model_config) -> None:
-        from_hf_config(model_config.hf_config)  # raises ValueError naming the field
+        pool = from_hf_config(model_config.hf_config)  # raises ValueError naming the field
+        if pool is not None and pool.router is not None:
+            from pathlib import Path
+
+            from vllm_pudding.router.spec import load_spec
+
+            # Fail at start, naming the file, rather than on the first routed request.
+            load_spec(Path(model_config.model) / pool.router.path, pool.omission_sets)
 
     @staticmethod
     def verify_and_update_config(vllm_config) -> None:

@@ -3,6 +3,8 @@
     python -m vllm_pudding.eval --model <pudding or plain dir> --tasks all --n 1000 \\
         --sets all|0,1|none [--dense] [--extra-sets '{"sleb": [..], "shortgpt": [..]}'] \\
         --out results.json
+    python -m vllm_pudding.eval --model <pudding dir> --split train --tasks calib6 \\
+        --n 640 --sets all --out labels.json     # router labels (first n train docs)
 
 - `--sets`: pool set ids of a pudding dir ("all", "0,3", or "none" = no `pudding_set`:
   the dir's default set, or the model itself when it is a plain dir).
@@ -69,12 +71,15 @@ def _shutdown(llm) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vllm_pudding.data.tasks import EVAL_TASKS
+    from vllm_pudding.data.tasks import CALIBRATION_TASKS, EVAL_TASKS
 
     p = argparse.ArgumentParser(prog="python -m vllm_pudding.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="pudding model dir or plain HF Llama dir")
-    p.add_argument("--tasks", default="all", help=f"comma list or 'all' ({','.join(EVAL_TASKS)})")
+    p.add_argument("--tasks", default="all",
+                   help=f"comma list, 'all' ({','.join(EVAL_TASKS)}) or 'calib6'")
+    p.add_argument("--split", default="validation", choices=("validation", "train"),
+                   help="train: the first n train docs of a calibration task (router labels)")
     p.add_argument("--n", type=int, default=1000, help="examples per task (seeded sample; "
                    "splits at or under n are used whole); 0 = all")
     p.add_argument("--seed", type=int, default=0)
@@ -98,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from vllm_pudding.artifact import META_FILE, build_pudding_dir, load_pudding_dir
     from vllm_pudding.config import PuddingConfig
-    from vllm_pudding.data.tasks import validation_examples
+    from vllm_pudding.data.tasks import examples
     from vllm_pudding.eval.run import (evaluate_run, markdown_table, oracle_rows,
                                        results_json, timing_table)
 
     model = Path(args.model).resolve()
-    tasks = list(EVAL_TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
+    named = {"all": list(EVAL_TASKS), "calib6": list(CALIBRATION_TASKS)}
+    tasks = named.get(args.tasks) or [t.strip() for t in args.tasks.split(",")]
     try:
         pool = load_pudding_dir(model)
     except ValueError:
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     set_ids = _parse_sets(args.sets, len(pool.omission_sets)) if pool else [None]
 
     t_load = time.perf_counter()
-    data = {t: validation_examples(t, n=args.n or None, seed=args.seed) for t in tasks}
+    seed = None if args.split == "train" else args.seed  # train: the first n docs
+    data = {t: examples(t, args.split, n=args.n or None, seed=seed) for t in tasks}
     print(f"data: {', '.join(f'{t} {len(v)}' for t, v in data.items())} "
           f"({time.perf_counter() - t_load:.1f}s)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(str(base or model))
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nengine starts: {', '.join(f'{s:.0f}s' for s in engines)}; total {total:.0f}s")
     if args.out:
         meta = {"model": str(model), "base": str(base) if base else None, "tasks": tasks,
-                "n": args.n, "seed": args.seed, "dtype": args.dtype,
+                "split": args.split, "n": args.n, "seed": seed, "dtype": args.dtype,
                 "max_model_len": args.max_model_len, "seconds_total": total,
                 "engine_start_seconds": engines,
                 "pool": [list(s) for s in pool_sets], "extra_sets": extra,

@@ -16,6 +16,7 @@ PATCHES = (
     "offline_validation",  # LLM.generate names the bad request before running any
     "v1_runner",  # PuDDing models run on the V1 model runner
     "kv_slots",  # KV storage only for each request's kept layers
+    "auto_routing",  # the router picks a set for requests that name none; outputs say which
 )
 
 _applied = False
@@ -45,6 +46,8 @@ def wrap(owner, attr: str, make_wrapper) -> None:
     if getattr(original, "__pudding_wrapped__", False):
         return
     wrapper = make_wrapper(original)
-    wrapper.__pudding_wrapped__ = True
-    wrapper.__wrapped__ = original
+    # A classmethod wrapper is marked on its function, which the bound method exposes.
+    marked = wrapper.__func__ if isinstance(wrapper, classmethod) else wrapper
+    marked.__pudding_wrapped__ = True
+    marked.__wrapped__ = original
     setattr(owner, attr, wrapper)

@@ -1,0 +1,58 @@
+"""A router trained on a planted signal: each topic's prompts have a different best set.
+
+Labels are planted (the topic's set scores 0, the others -1), features are the real
+MiniLM encoder's, and held-out prompts use filler words never seen in training, so a
+router that routes them right has learned the topic, not the strings.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+TOPICS = {  # topic keywords -> planted best set of the tiny pool (3 sets)
+    0: ["rain", "weather", "forecast", "storm", "cloudy"],
+    1: ["recipe", "oven", "bake", "flour", "cooking"],
+    2: ["football", "goal", "match", "score", "team"],
+}
+FILLER_TRAIN = ["today", "tell me", "please", "about the", "what is", "I wonder", "and"]
+FILLER_HELD = ["quickly", "explain", "my friend asked", "yesterday", "in detail"]
+
+
+def planted_texts(n_per_topic: int, seed: int, filler) -> tuple[list[str], list[int]]:
+    rng = random.Random(seed)
+    texts, sets = [], []
+    for set_id, words in TOPICS.items():
+        for _ in range(n_per_topic):
+            parts = rng.sample(words, 3) + rng.sample(filler, 2)
+            rng.shuffle(parts)
+            texts.append(" ".join(parts))
+            sets.append(set_id)
+    return texts, sets
+
+
+def train_planted_router(out: Path, omission_sets, max_tokens: int = 32) -> Path:
+    """Fits a text router on planted labels; returns its folder (router.json + head)."""
+    import numpy as np
+    import torch
+
+    from vllm_pudding.router.head import fit_head
+    from vllm_pudding.router.install import save_router
+    from vllm_pudding.router.spec import RouterSpec
+    from vllm_pudding.router.text import TextEncoder, default_encoder_dir
+
+    enc = TextEncoder(default_encoder_dir(), max_tokens=max_tokens)
+    texts, sets = planted_texts(20, seed=0, filler=FILLER_TRAIN)
+    x = enc(texts)
+    y = torch.full((len(texts), len(omission_sets)), -1.0)
+    y[torch.arange(len(texts)), torch.tensor(sets)] = 0.0
+    truth = np.array(sets)
+
+    def score(head):
+        return float((np.array(head.route(x)) == truth).mean())
+
+    fit = fit_head(x, y, "mse", score, hidden=32, epochs=100)
+    spec = RouterSpec(kind="text", omission_sets=[list(s) for s in omission_sets],
+                      feature_dim=x.shape[1], head_hidden=32, max_tokens=max_tokens,
+                      encoder="encoder", target="planted", objective="mse")
+    return save_router(out, spec, fit.head)

@@ -1,0 +1,157 @@
+"""Automatic routing through the engine: offline `LLM.generate` and `vllm serve`.
+
+The tiny pudding dir gets a router trained on a planted signal (router_utils): topic
+prompts whose best sets differ. Requests that name no set must run under the routed
+set, exactly as if they had pinned it (pinned == static removal is proven in
+test_engine_exactness); an explicit `pudding_set` wins; a prompt prefilled in chunks
+is routed once; outputs say which set each request got.
+"""
+
+import pytest
+
+from conftest import TINY_SETS
+from engines import CHUNK_BUDGET, KV_BYTES, engine, greedy
+from router_utils import FILLER_HELD, planted_texts, train_planted_router
+from server_utils import VllmServer
+
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def routed_dir(tiny_base, tmp_path_factory):
+    from vllm_pudding.artifact import build_pudding_dir
+    from vllm_pudding.config import PuddingConfig
+    from vllm_pudding.router.install import install_router
+
+    root = tmp_path_factory.mktemp("routed")
+    planted = train_planted_router(root / "planted", TINY_SETS)
+    d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=TINY_SETS), root / "pd")
+    install_router(d, planted)
+    return d
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return planted_texts(2, seed=5, filler=FILLER_HELD)
+
+
+@pytest.fixture(scope="module")
+def routed_llm(routed_dir):
+    with engine(routed_dir, skip_tokenizer_init=False) as llm:
+        yield llm
+
+
+def _stats():
+    from vllm_pudding.router.runtime import router_stats
+
+    (s,) = router_stats().values()
+    return s.calls, s.prompts
+
+
+def _tokens(out):
+    return list(out.outputs[0].token_ids)
+
+
+def test_generate_routes_each_prompt_once_in_one_call(routed_llm, prompts):
+    texts, truth = prompts
+    routed = routed_llm.generate(texts, greedy(MAX_TOKENS), use_tqdm=False)
+    calls, n = _stats()
+    assert (calls, n) == (1, len(texts)), "one batched router call for the whole batch"
+    assert [o.pudding_set for o in routed] == truth
+    assert all(o.pudding_routed for o in routed)
+    pinned = routed_llm.generate(texts, [greedy(MAX_TOKENS, set_id=s) for s in truth],
+                                 use_tqdm=False)
+    assert _stats() == (calls, n), "pinned requests must not call the router"
+    assert [_tokens(o) for o in routed] == [_tokens(o) for o in pinned]
+    assert not any(o.pudding_routed for o in pinned)
+    assert len({tuple(_tokens(o)) for o in routed}) > 1, "routed sets must change the outputs"
+
+
+def test_explicit_set_wins_over_router(routed_llm, prompts):
+    texts, truth = prompts
+    other = [(s + 1) % len(TINY_SETS) for s in truth]
+    outs = routed_llm.generate(texts, [greedy(MAX_TOKENS, set_id=s) for s in other],
+                               use_tqdm=False)
+    assert [o.pudding_set for o in outs] == other
+
+
+def test_mixed_batch_routes_only_unpinned(routed_llm, prompts):
+    texts, truth = prompts
+    params = [greedy(MAX_TOKENS, set_id=0) if i % 2 else greedy(MAX_TOKENS)
+              for i in range(len(texts))]
+    before = _stats()
+    outs = routed_llm.generate(texts, params, use_tqdm=False)
+    calls, n = _stats()
+    assert (calls - before[0], n - before[1]) == (1, (len(texts) + 1) // 2)
+    assert [o.pudding_set for o in outs] == [0 if i % 2 else t for i, t in enumerate(truth)]
+
+
+def test_chunked_prompt_is_routed_once(routed_llm, prompts):
+    texts, truth = prompts
+    long_text = " ".join([texts[-1]] * 30)  # same topic, > CHUNK_BUDGET tokens
+    tok = routed_llm.get_tokenizer()
+    assert len(tok(long_text)["input_ids"]) > 2 * CHUNK_BUDGET
+    before = _stats()
+    (out,) = routed_llm.generate([long_text], greedy(MAX_TOKENS), use_tqdm=False)
+    assert _stats()[1] - before[1] == 1
+    assert out.pudding_set == truth[-1]
+    (pinned,) = routed_llm.generate([long_text], greedy(MAX_TOKENS, set_id=truth[-1]),
+                                    use_tqdm=False)
+    assert _tokens(out) == _tokens(pinned)
+
+
+def test_token_prompts_are_routed_by_their_text(routed_llm, prompts):
+    from vllm.inputs import TokensPrompt
+
+    texts, truth = prompts
+    tok = routed_llm.get_tokenizer()
+    ids = [TokensPrompt(prompt_token_ids=tok(t, add_special_tokens=False)["input_ids"])
+           for t in texts]
+    outs = routed_llm.generate(ids, greedy(MAX_TOKENS), use_tqdm=False)
+    assert [o.pudding_set for o in outs] == truth
+
+
+def test_missing_router_fails_at_start_naming_the_file(routed_dir, tmp_path):
+    import shutil
+
+    from vllm import LLM
+
+    from engines import engine_kwargs
+
+    broken = tmp_path / "broken"
+    shutil.copytree(routed_dir, broken, symlinks=True)
+    (broken / "router-text" / "router.json").unlink()
+    with pytest.raises(Exception, match="router.json: router spec missing"):
+        LLM(model=str(broken), **engine_kwargs(skip_tokenizer_init=False))
+
+
+@pytest.fixture(scope="module")
+def routed_server(routed_dir, routed_llm, tmp_path_factory):
+    """Started after the offline tests' engine is used (module order), 2-core machines."""
+    log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
+    srv = VllmServer(routed_dir, log, [
+        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+        "--max-num-batched-tokens", str(CHUNK_BUDGET),
+        "--kv-cache-memory-bytes", str(KV_BYTES), "--served-model-name", "routed",
+        "--seed", "0"])
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_server_routes_and_reports_sets(routed_server, routed_llm, prompts):
+    texts, truth = prompts
+    body = {"model": "routed", "prompt": texts, "max_tokens": MAX_TOKENS, "temperature": 0.0,
+            "ignore_eos": True, "return_token_ids": True}
+    resp = routed_server.post("/v1/completions", body)
+    assert resp.status_code == 200, resp.text[:2000]
+    data = resp.json()
+    assert data["pudding_sets"] == truth and all(data["pudding_routed"])
+    offline = routed_llm.generate(texts, [greedy(MAX_TOKENS, set_id=s) for s in truth],
+                                  use_tqdm=False)
+    by_index = {c["index"]: c["token_ids"] for c in data["choices"]}
+    assert [by_index[i] for i in range(len(texts))] == [_tokens(o) for o in offline]
+    pinned = routed_server.post("/v1/completions", {**body, "prompt": texts[0],
+                                                    "vllm_xargs": {"pudding_set": 2}})
+    assert pinned.json()["pudding_sets"] == [2] and pinned.json()["pudding_routed"] == [False]

@@ -1,0 +1,166 @@
+"""Router pieces without an engine: planted routing, artifact validation, batching, labels."""
+
+import asyncio
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_SETS
+from router_utils import FILLER_HELD, planted_texts, train_planted_router
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return train_planted_router(tmp_path_factory.mktemp("router") / "planted", TINY_SETS)
+
+
+@pytest.fixture
+def routed_dir(planted, tiny_base, tmp_path):
+    from vllm_pudding.artifact import build_pudding_dir
+    from vllm_pudding.config import PuddingConfig
+    from vllm_pudding.router.install import install_router
+
+    d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=TINY_SETS), tmp_path / "pd")
+    install_router(d, planted)
+    return d
+
+
+def test_planted_router_routes_unseen_prompts(routed_dir):
+    from vllm_pudding.artifact import load_pudding_dir
+    from vllm_pudding.router.runtime import load_router
+
+    router = load_router(routed_dir, load_pudding_dir(routed_dir))
+    texts, truth = planted_texts(6, seed=1, filler=FILLER_HELD)
+    assert router.route(texts) == truth
+    assert len(set(truth)) == 3  # the planted signal really asks for different sets
+    assert router.stats.calls == 1 and router.stats.prompts == len(texts)
+
+
+def test_install_names_router_in_config(routed_dir):
+    from vllm_pudding.artifact import load_pudding_dir
+
+    pool = load_pudding_dir(routed_dir)
+    assert pool.router.kind == "text" and (routed_dir / pool.router.path / "router.json").is_file()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("delete_spec", "router.json: router spec missing"),
+    ("bad_json", "router.json: not valid JSON"),
+    ("other_pool", "trained for another pool"),
+    ("delete_head", "head.safetensors: router head weights missing"),
+    ("unknown_field", "malformed router spec"),
+])
+def test_broken_router_is_a_clear_error(routed_dir, damage, message):
+    from vllm_pudding.artifact import load_pudding_dir
+    from vllm_pudding.router.runtime import load_router
+
+    rdir = routed_dir / load_pudding_dir(routed_dir).router.path
+    spec = json.loads((rdir / "router.json").read_text())
+    if damage == "delete_spec":
+        (rdir / "router.json").unlink()
+    elif damage == "bad_json":
+        (rdir / "router.json").write_text("{not json")
+    elif damage == "other_pool":
+        spec["omission_sets"] = spec["omission_sets"][:2]
+        (rdir / "router.json").write_text(json.dumps(spec))
+    elif damage == "delete_head":
+        (rdir / "head.safetensors").unlink()
+    elif damage == "unknown_field":
+        spec["surprise"] = 1
+        (rdir / "router.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=message):
+        load_router(routed_dir, load_pudding_dir(routed_dir))
+
+
+def test_head_mismatch_is_a_clear_error(routed_dir):
+    from vllm_pudding.artifact import load_pudding_dir
+    from vllm_pudding.router.runtime import load_router
+
+    rdir = routed_dir / load_pudding_dir(routed_dir).router.path
+    spec = json.loads((rdir / "router.json").read_text())
+    spec["head_hidden"] = 7
+    (rdir / "router.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="head.safetensors: does not match router.json"):
+        load_router(routed_dir, load_pudding_dir(routed_dir))
+
+
+def test_batcher_routes_concurrent_requests_in_one_call():
+    from vllm_pudding.patches.auto_routing import RouteBatcher
+
+    class Fake:
+        calls = []
+
+        def route(self, texts):
+            self.calls.append(list(texts))
+            return [len(t) for t in texts]
+
+    async def run():
+        b = RouteBatcher(Fake(), window_s=0.01)
+        first = await asyncio.gather(*(b.route("x" * i) for i in range(1, 6)))
+        second = await b.route("yy")
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == [1, 2, 3, 4, 5] and second == 2
+    assert Fake.calls == [["x", "xx", "xxx", "xxxx", "xxxxx"], ["yy"]]
+
+
+def test_batcher_failure_fails_each_waiting_request():
+    from vllm_pudding.patches.auto_routing import RouteBatcher
+
+    class Broken:
+        def route(self, texts):
+            raise ValueError("router exploded")
+
+    async def run():
+        b = RouteBatcher(Broken(), window_s=0.001)
+        return await asyncio.gather(b.route("a"), b.route("b"), return_exceptions=True)
+
+    assert all(isinstance(r, ValueError) for r in asyncio.run(run()))
+
+
+def test_soft_and_mse_heads_learn_planted_labels():
+    from vllm_pudding.router.head import fit_head
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(800, 4, generator=g)
+    best = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()  # 3 classes from two features
+    y = torch.full((800, 3), -1.0)
+    y[torch.arange(800), best] = 0.0
+    for objective in ("mse", "soft"):
+        fit = fit_head(x[:600], y[:600], objective,
+                       lambda h: float((np.array(h.route(x[600:])) == best[600:].numpy()).mean()),
+                       hidden=32, epochs=200, lr=1e-2)
+        assert fit.best_score > 0.85, (objective, fit.best_score)
+
+
+def test_labels_targets_and_routed_accuracy(tmp_path):
+    from vllm_pudding.router.labels import load_tables, routed_accuracy
+
+    def ex(doc, gold, lps):
+        return {"task": "arc_easy", "doc_id": doc, "gold": gold, "set_id": 0, "logprobs": lps,
+                "num_tokens": [2] * len(lps), "num_bytes": [4] * len(lps)}
+    runs = {"set0": {"arc_easy": [ex("a", 0, [-1.0, -2.0]), ex("b", 1, [-1.0, -3.0])]},
+            "set1": {"arc_easy": [ex("a", 0, [-3.0, -2.0]), ex("b", 1, [-4.0, -1.0])]}}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps({"examples": runs}))
+    t = load_tables([path], 2)["arc_easy"]
+    assert t.correct.tolist() == [[True, False], [False, True]]
+    assert np.allclose(t.target("likelihood"), [[-0.5, -1.5], [-1.5, -0.5]])
+    lse = np.log(np.exp(-1.0) + np.exp(-2.0))
+    assert np.isclose(t.target("choice_logprob")[0, 0], -1.0 - lse)
+    assert routed_accuracy(t, [0, 1]) == 1.0 and routed_accuracy(t, [1, 0]) == 0.0
+    with pytest.raises(ValueError, match="no per-example scores"):
+        load_tables([path], 3)
+
+
+def test_winogrande_router_text_has_a_blank():
+    from vllm_pudding.data.mc import MCExample
+    from vllm_pudding.router.labels import router_text
+
+    ex = MCExample(task="winogrande", doc_id="1", contexts=["The cat chased the dog",
+                   "The cat chased the mouse"], continuations=[" because it was fast."], gold=0)
+    assert router_text(ex) == "The cat chased the _ because it was fast."

@@ -1,0 +1,63 @@
+"""In-model features: the base model's own hidden states after its always-kept prefix.
+
+Every candidate keeps layers 0..p-1 (p = the lowest layer any set omits), so those
+layers run for every request whatever the router decides: reading the residual
+stream after them costs only the head. No second model, no second tokenizer.
+Here the prefix runs in HF transformers (training features, offline routing); the
+features are the residual stream after layer p-1 (before the final norm),
+pooled as the spec says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def common_prefix(omission_sets: Sequence[Sequence[int]]) -> int:
+    """p: the number of leading layers that no candidate omits."""
+    return min(min(s) for s in omission_sets if s) if any(omission_sets) else 0
+
+
+def pool_states(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """states [b, t, d], mask [b, t] -> [b, d] (mean) or [b, 2d] (mean, last token)."""
+    m = mask.unsqueeze(-1).to(states.dtype)
+    mean = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if pooling == "mean":
+        return mean
+    last = states[torch.arange(states.shape[0]), mask.sum(1).long() - 1]
+    return torch.cat([mean, last], dim=-1)
+
+
+class PrefixEncoder:
+    """Prompt text -> pooled residual stream after the first `prefix_layers` layers."""
+
+    def __init__(self, model_dir: Path, prefix_layers: int, max_tokens: int = 128,
+                 pooling: str = "mean_last"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        body = model.model
+        body.layers = body.layers[:prefix_layers]  # the rest is never needed here
+        body.norm = torch.nn.Identity()
+        self.body = body.eval()
+        self.max_tokens, self.pooling = max_tokens, pooling
+        size = model.config.hidden_size
+        self.dim = size if pooling == "mean" else 2 * size
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        out = []
+        self.tokenizer.padding_side = "right"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_tokens, return_tensors="pt",
+                                 add_special_tokens=False)
+            states = self.body(**enc).last_hidden_state
+            out.append(pool_states(states.float(), enc["attention_mask"], self.pooling))
+        return torch.cat(out) if out else torch.zeros(0, self.dim)

@@ -1,0 +1,189 @@
+"""PuDDing's end-to-end accuracy table: routed rows beside dense, static baselines, pool, oracles.
+
+    python -m vllm_pudding.router.report --pudding-dir $(pudding default-dir) \\
+        --results val_a.json val_b.json --routers vllm_pudding/routers/smollm2_135m_k7 \\
+        --out benchmarks/results/eval/calibrated_k7
+
+`--results`: `python -m vllm_pudding.eval` JSONs of the validation splits (dense, every
+pool set `set0..`, `sleb`, `shortgpt`), possibly split across processes. Each router
+routes every example once from its prompt text (`labels.router_text`), and the routed
+row takes each example's scores under its routed set from those files: the same
+numbers the engine gives a request routed there (exactness: a request routed to set S
+equals set S pinned, tests/test_router_engine.py), without scoring everything twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from vllm_pudding.eval.metrics import mean_of
+from vllm_pudding.eval.run import (RunResult, averages, markdown_table, oracle_rows,
+                                   task_result)
+from vllm_pudding.eval.scoring import ScoredExample
+
+
+def load_runs(paths: list[Path]) -> tuple[list[RunResult], dict]:
+    """Runs of several eval JSONs, merged by label (per-example scores kept)."""
+    runs, meta = {}, {}
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        meta = meta or {k: data[k] for k in ("n", "seed", "dtype", "tasks") if k in data}
+        for label, r in data["runs"].items():
+            if label.startswith("oracle"):
+                continue
+            exs = {t: [msgspec.convert(e, ScoredExample) for e in v]
+                   for t, v in data.get("examples", {}).get(label, {}).items()}
+            tasks = {t: task_result(t, exs[t]) if t in exs else None for t in r["tasks"]}
+            runs[label] = RunResult(label=label, layers=r["layers"],
+                                    tasks={t: v for t, v in tasks.items() if v}, examples=exs)
+    order = sorted(runs, key=lambda l: (l != "dense", not l.startswith("set"),
+                                        int(l[3:]) if l[3:].isdigit() else 0, l))
+    return [runs[l] for l in order], meta
+
+
+def routed_run(label: str, runs: list[RunResult], choice: dict[str, list[int]]) -> RunResult:
+    """Each example's scores under the set its router chose."""
+    by_set = {int(r.label[3:]): r for r in runs if r.label[3:].isdigit()
+              and r.label.startswith("set")}
+    tasks, examples = {}, {}
+    for task, sets in choice.items():
+        exs = [by_set[s].examples[task][i] for i, s in enumerate(sets)]
+        examples[task] = exs
+        tasks[task] = task_result(task, exs)
+    return RunResult(label=label, layers=None, tasks=tasks, examples=examples)
+
+
+def validation_texts(tasks: list[str], n: int, seed: int, doc_ids: dict[str, list[str]]):
+    from vllm_pudding.data.tasks import validation_examples
+    from vllm_pudding.router.labels import router_text
+
+    out = {}
+    for t in tasks:
+        exs = validation_examples(t, n=n or None, seed=seed)
+        if [e.doc_id for e in exs] != doc_ids[t]:
+            raise ValueError(f"{t}: results rows are not validation_examples(n={n}, seed={seed})")
+        out[t] = [router_text(e) for e in exs]
+    return out
+
+
+def route_cached(router, kind: str, texts: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Routes every text; encoder features are cached on disk (re-runs cost the head only)."""
+    import torch
+
+    from vllm_pudding.router.features import cached_features
+
+    spec = router.spec
+    key = {"kind": kind, "max_tokens": spec.max_tokens, "pooling": spec.pooling,
+           "prefix_layers": spec.prefix_layers, "split": "validation"}
+    out = {}
+    for t, tx in texts.items():
+        with torch.no_grad():
+            out[t] = router.head(cached_features(router.encode, tx, key)).argmax(-1).tolist()
+    return out
+
+
+def agreement(runs: list[RunResult], choice: dict[str, list[int]]) -> dict[str, float]:
+    """Top-1 agreement of the router with the oracle-best candidate per example (the set
+    with the highest choice_logprob label), per task."""
+    from vllm_pudding.router.labels import TaskTable, _metric_scores
+    from vllm_pudding.data.tasks import METRIC
+
+    sets = sorted((int(r.label[3:]), r) for r in runs if r.label.startswith("set")
+                  and r.label[3:].isdigit())
+    out = {}
+    for task, picked in choice.items():
+        per = [r.examples[task] for _, r in sets]
+        width = max(len(e.logprobs) for e in per[0])
+        scores = np.full((len(picked), len(per), width), np.nan)
+        for s, exs in enumerate(per):
+            for i, e in enumerate(exs):
+                sc = _metric_scores(msgspec.to_builtins(e), METRIC.get(task, "acc"))
+                scores[i, s, :len(sc)] = sc
+        table = TaskTable(task, [], np.array([e.gold for e in per[0]]), scores,
+                          np.zeros((len(picked), len(per))))
+        best = table.target("choice_logprob").argmax(1)
+        out[task] = float((best == np.array(picked)).mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vllm_pudding.router.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pudding-dir", required=True)
+    p.add_argument("--results", nargs="+", required=True)
+    p.add_argument("--routers", required=True, help="folder with <kind>/ router folders")
+    p.add_argument("--kinds", default="text,hidden")
+    p.add_argument("--out", required=True, help="output path stem (.md, .json)")
+    args = p.parse_args(argv)
+
+    from vllm_pudding.artifact import META_FILE, load_pudding_dir
+    from vllm_pudding.router.runtime import Router
+    from vllm_pudding.router.spec import load_spec
+
+    pdir = Path(args.pudding_dir)
+    pool = load_pudding_dir(pdir)
+    base = Path(json.loads((pdir / META_FILE).read_text())["base_model"])
+    runs, meta = load_runs([Path(x) for x in args.results])
+    set_runs = [r for r in runs if r.label.startswith("set")]
+    tasks = list(set_runs[0].examples)
+    texts = validation_texts(tasks, meta.get("n", 1000), meta.get("seed", 0),
+                             {t: [e.doc_id for e in set_runs[0].examples[t]] for t in tasks})
+    rows, extra = [], {}
+    for kind in args.kinds.split(","):
+        from vllm_pudding.router.text import default_encoder_dir
+
+        rdir = Path(args.routers) / kind
+        spec = load_spec(rdir, pool.omission_sets, check_encoder=False)
+        router = Router(rdir, spec, base, default_encoder_dir() if kind == "text" else None)
+        choice = route_cached(router, kind, texts)
+        t0 = time.perf_counter()
+        sample = [x for t in tasks for x in texts[t][:20]]
+        router.route(sample)  # timing: one batched call, as the front end makes
+        secs = (time.perf_counter() - t0) / len(sample) * sum(len(v) for v in texts.values())
+        label = f"pudding-{kind}"
+        rows.append(routed_run(label, runs, choice))
+        n_total = sum(len(v) for v in texts.values())
+        extra[label] = {"agreement_with_oracle_best": agreement(runs, choice),
+                        "set_histogram": {t: np.bincount(c, minlength=len(pool.omission_sets)).tolist()
+                                          for t, c in choice.items()},
+                        "route_seconds": secs, "prompts": n_total,
+                        "target": spec.target, "objective": spec.objective}
+    oracles = oracle_rows(runs)
+    table_runs = runs + rows + oracles
+    statics = [r for r in runs if r.label in ("sleb", "shortgpt") or r.label.startswith("set")]
+    best_static = max(statics, key=lambda r: averages(r)["avg6"].value)
+    summary = {r.label: {"avg6": averages(r)["avg6"].value,
+                         "minus_best_static": averages(r)["avg6"].value
+                         - averages(best_static)["avg6"].value} for r in rows}
+    md = [markdown_table(table_runs), "",
+          f"Best static (best of SLEB, ShortGPT and each single pool set, by avg6): "
+          f"**{best_static.label}** {averages(best_static)['avg6'].fmt()}.", ""]
+    for label, s in summary.items():
+        agr = extra[label]["agreement_with_oracle_best"]
+        md.append(f"- {label}: avg6 {100 * s['avg6']:.1f}, {100 * s['minus_best_static']:+.1f} "
+                  f"points vs best static; top-1 agreement with the oracle-best candidate "
+                  f"{100 * float(np.mean(list(agr.values()))):.1f}% (per task: "
+                  + ", ".join(f"{t} {100 * v:.0f}%" for t, v in agr.items()) + "); router "
+                  f"{1000 * extra[label]['route_seconds'] / extra[label]['prompts']:.1f} ms per "
+                  f"prompt in one batched call ({extra[label]['target']}, "
+                  f"{extra[label]['objective']}).")
+    text = "\n".join(md) + "\n"
+    out = Path(args.out)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({
+        "meta": meta, "best_static": best_static.label, "summary": summary, "routers": extra,
+        "rows": {r.label: {t: msgspec.to_builtins(x) for t, x in r.tasks.items()}
+                 for r in table_runs}}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

