@@ -74,11 +74,20 @@ def _metric_scores(ex: dict, metric: str) -> list[float]:
     return list(ex["logprobs"])
 
 
+def read_json(path: Path):
+    """A results JSON, plain or gzipped (committed score tables are .json.gz)."""
+    import gzip
+
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(raw)
+
+
 def load_tables(paths: Sequence[Path], num_sets: int, prefix: str = "set") -> dict[str, TaskTable]:
     """Per task, the examples scored under every pool set `set0..set{num_sets-1}`."""
     runs: dict[str, dict] = {}
     for p in paths:
-        runs.update(json.loads(Path(p).read_text()).get("examples", {}))
+        runs.update(read_json(p).get("examples", {}))
     labels = [f"{prefix}{i}" for i in range(num_sets)]
     missing = [l for l in labels if l not in runs]
     if missing:

@@ -27,13 +27,14 @@ from vllm_pudding.eval.metrics import mean_of
 from vllm_pudding.eval.run import (RunResult, averages, markdown_table, oracle_rows,
                                    task_result)
 from vllm_pudding.eval.scoring import ScoredExample
+from vllm_pudding.router.labels import read_json
 
 
 def load_runs(paths: list[Path]) -> tuple[list[RunResult], dict]:
     """Runs of several eval JSONs, merged by label (per-example scores kept)."""
     runs, meta = {}, {}
     for p in paths:
-        data = json.loads(Path(p).read_text())
+        data = read_json(p)
         meta = meta or {k: data[k] for k in ("n", "seed", "dtype", "tasks") if k in data}
         for label, r in data["runs"].items():
             if label.startswith("oracle"):
@@ -89,9 +90,10 @@ def route_cached(router, kind: str, texts: dict[str, list[str]]) -> dict[str, li
     return out
 
 
-def agreement(runs: list[RunResult], choice: dict[str, list[int]]) -> dict[str, float]:
+def agreement(runs: list[RunResult], choice: dict[str, list[int]],
+              target: str = "choice_logprob") -> dict[str, float]:
     """Top-1 agreement of the router with the oracle-best candidate per example (the set
-    with the highest choice_logprob label), per task."""
+    with the highest `target` label: the router's own training target), per task."""
     from vllm_pudding.router.labels import TaskTable, _metric_scores
     from vllm_pudding.data.tasks import METRIC
 
@@ -102,13 +104,14 @@ def agreement(runs: list[RunResult], choice: dict[str, list[int]]) -> dict[str, 
         per = [r.examples[task] for _, r in sets]
         width = max(len(e.logprobs) for e in per[0])
         scores = np.full((len(picked), len(per), width), np.nan)
+        mean_lp = np.zeros((len(picked), len(per)))
         for s, exs in enumerate(per):
             for i, e in enumerate(exs):
+                mean_lp[i, s] = e.logprobs[e.gold] / max(e.num_tokens[e.gold], 1)
                 sc = _metric_scores(msgspec.to_builtins(e), METRIC.get(task, "acc"))
                 scores[i, s, :len(sc)] = sc
-        table = TaskTable(task, [], np.array([e.gold for e in per[0]]), scores,
-                          np.zeros((len(picked), len(per))))
-        best = table.target("choice_logprob").argmax(1)
+        table = TaskTable(task, [], np.array([e.gold for e in per[0]]), scores, mean_lp)
+        best = table.target(target).argmax(1)
         out[task] = float((best == np.array(picked)).mean())
     return out
 
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         label = f"pudding-{kind}"
         rows.append(routed_run(label, runs, choice))
         n_total = sum(len(v) for v in texts.values())
-        extra[label] = {"agreement_with_oracle_best": agreement(runs, choice),
+        extra[label] = {"agreement_with_oracle_best": agreement(runs, choice, spec.target),
                         "set_histogram": {t: np.bincount(c, minlength=len(pool.omission_sets)).tolist()
                                           for t, c in choice.items()},
                         "route_seconds": secs, "prompts": n_total,
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, s in summary.items():
         agr = extra[label]["agreement_with_oracle_best"]
         md.append(f"- {label}: avg6 {100 * s['avg6']:.1f}, {100 * s['minus_best_static']:+.1f} "
-                  f"points vs best static; top-1 agreement with the oracle-best candidate "
+                  f"points vs best static; top-1 agreement with the oracle-best candidate by "
+                  f"{extra[label]['target']} "
                   f"{100 * float(np.mean(list(agr.values()))):.1f}% (per task: "
                   + ", ".join(f"{t} {100 * v:.0f}%" for t, v in agr.items()) + "); router "
                   f"{1000 * extra[label]['route_seconds'] / extra[label]['prompts']:.1f} ms per "
