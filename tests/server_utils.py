@@ -141,3 +141,13 @@ def _offline_refs_main(spec: dict) -> None:
 
 if __name__ == "__main__":
     _offline_refs_main(json.loads(sys.argv[1]))
+
+
+def tiny_server_args(served_name: str) -> list[str]:
+    """`vllm serve` flags matching tests/engines.py's offline settings (fp32, eager,
+    64-token chunks, 64 MiB of KV), so online results compare with offline ones."""
+    from engines import CHUNK_BUDGET, KV_BYTES
+
+    return ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+            "--max-num-batched-tokens", str(CHUNK_BUDGET), "--kv-cache-memory-bytes",
+            str(KV_BYTES), "--served-model-name", served_name, "--seed", "0"]

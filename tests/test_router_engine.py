@@ -10,9 +10,9 @@ is routed once; outputs say which set each request got.
 import pytest
 
 from conftest import TINY_SETS
-from engines import CHUNK_BUDGET, KV_BYTES, engine, greedy
+from engines import CHUNK_BUDGET, engine, greedy
 from router_utils import FILLER_HELD, planted_texts, train_planted_router
-from server_utils import VllmServer
+from server_utils import VllmServer, tiny_server_args
 
 MAX_TOKENS = 8
 
@@ -129,11 +129,7 @@ def test_missing_router_fails_at_start_naming_the_file(routed_dir, tmp_path):
 def routed_server(routed_dir, routed_llm, tmp_path_factory):
     """Started after the offline tests' engine is used (module order), 2-core machines."""
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    srv = VllmServer(routed_dir, log, [
-        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
-        "--max-num-batched-tokens", str(CHUNK_BUDGET),
-        "--kv-cache-memory-bytes", str(KV_BYTES), "--served-model-name", "routed",
-        "--seed", "0"])
+    srv = VllmServer(routed_dir, log, tiny_server_args("routed"))
     try:
         yield srv
     finally:

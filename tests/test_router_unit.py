@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import shutil
 
 import numpy as np
 import pytest

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from engines import CHUNK_BUDGET, KV_BYTES, token_prompts
-from server_utils import VllmServer, offline_refs
+from engines import CHUNK_BUDGET, token_prompts
+from server_utils import VllmServer, offline_refs, tiny_server_args
 
 MODEL_NAME = "tiny-pudding"
 MAX_TOKENS = 12
@@ -40,12 +40,7 @@ def static_refs(tiny_static, prompt_ids, tmp_path_factory):
 def server(static_refs, tiny_pudding, tmp_path_factory):
     """Started after the offline references, so no two engines share the 2 CPUs."""
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    srv = VllmServer(tiny_pudding, log, [
-        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
-        "--max-num-batched-tokens", str(CHUNK_BUDGET),
-        "--kv-cache-memory-bytes", str(KV_BYTES),
-        "--served-model-name", MODEL_NAME, "--seed", "0",
-    ])
+    srv = VllmServer(tiny_pudding, log, tiny_server_args(MODEL_NAME))
     try:
         yield srv
     finally:

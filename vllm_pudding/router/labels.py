@@ -92,27 +92,29 @@ def load_tables(paths: Sequence[Path], num_sets: int, prefix: str = "set") -> di
     missing = [l for l in labels if l not in runs]
     if missing:
         raise ValueError(f"{', '.join(map(str, paths))}: no per-example scores for {missing}")
-    tables = {}
-    for task in runs[labels[0]]:
-        per_set = [runs[l][task] for l in labels]
-        n = len(per_set[0])
-        if any(len(x) != n for x in per_set):
-            raise ValueError(f"task {task}: sets scored different example counts")
-        metric = METRIC.get(task, "acc")
-        width = max(len(e["logprobs"]) for e in per_set[0])
-        scores = np.full((n, num_sets, width), np.nan)
-        mean_lp = np.zeros((n, num_sets))
-        for s, exs in enumerate(per_set):
-            for i, e in enumerate(exs):
-                if e["doc_id"] != per_set[0][i]["doc_id"]:
-                    raise ValueError(f"task {task}: example order differs between sets")
-                sc = _metric_scores(e, metric)
-                scores[i, s, :len(sc)] = sc
-                g = e["gold"]
-                mean_lp[i, s] = e["logprobs"][g] / max(e["num_tokens"][g], 1)
-        tables[task] = TaskTable(task, [e["doc_id"] for e in per_set[0]],
-                                 np.array([e["gold"] for e in per_set[0]]), scores, mean_lp)
-    return tables
+    return {task: table_from_examples(task, [runs[l][task] for l in labels])
+            for task in runs[labels[0]]}
+
+
+def table_from_examples(task: str, per_set: list[list[dict]]) -> TaskTable:
+    """One task's examples as scored under each set (ScoredExample dicts, same order)."""
+    n, num_sets = len(per_set[0]), len(per_set)
+    if any(len(x) != n for x in per_set):
+        raise ValueError(f"task {task}: sets scored different example counts")
+    metric = METRIC.get(task, "acc")
+    width = max(len(e["logprobs"]) for e in per_set[0])
+    scores = np.full((n, num_sets, width), np.nan)
+    mean_lp = np.zeros((n, num_sets))
+    for s, exs in enumerate(per_set):
+        for i, e in enumerate(exs):
+            if e["doc_id"] != per_set[0][i]["doc_id"]:
+                raise ValueError(f"task {task}: example order differs between sets")
+            sc = _metric_scores(e, metric)
+            scores[i, s, :len(sc)] = sc
+            g = e["gold"]
+            mean_lp[i, s] = e["logprobs"][g] / max(e["num_tokens"][g], 1)
+    return TaskTable(task, [e["doc_id"] for e in per_set[0]],
+                     np.array([e["gold"] for e in per_set[0]]), scores, mean_lp)
 
 
 def routed_accuracy(table: TaskTable, choice: Sequence[int]) -> float:

@@ -23,7 +23,6 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from vllm_pudding.eval.metrics import mean_of
 from vllm_pudding.eval.run import (RunResult, averages, markdown_table, oracle_rows,
                                    task_result)
 from vllm_pudding.eval.scoring import ScoredExample
@@ -94,25 +93,15 @@ def agreement(runs: list[RunResult], choice: dict[str, list[int]],
               target: str = "choice_logprob") -> dict[str, float]:
     """Top-1 agreement of the router with the oracle-best candidate per example (the set
     with the highest `target` label: the router's own training target), per task."""
-    from vllm_pudding.router.labels import TaskTable, _metric_scores
-    from vllm_pudding.data.tasks import METRIC
+    from vllm_pudding.router.labels import table_from_examples
 
     sets = sorted((int(r.label[3:]), r) for r in runs if r.label.startswith("set")
                   and r.label[3:].isdigit())
     out = {}
     for task, picked in choice.items():
-        per = [r.examples[task] for _, r in sets]
-        width = max(len(e.logprobs) for e in per[0])
-        scores = np.full((len(picked), len(per), width), np.nan)
-        mean_lp = np.zeros((len(picked), len(per)))
-        for s, exs in enumerate(per):
-            for i, e in enumerate(exs):
-                mean_lp[i, s] = e.logprobs[e.gold] / max(e.num_tokens[e.gold], 1)
-                sc = _metric_scores(msgspec.to_builtins(e), METRIC.get(task, "acc"))
-                scores[i, s, :len(sc)] = sc
-        table = TaskTable(task, [], np.array([e.gold for e in per[0]]), scores, mean_lp)
-        best = table.target(target).argmax(1)
-        out[task] = float((best == np.array(picked)).mean())
+        table = table_from_examples(task, [[msgspec.to_builtins(e) for e in r.examples[task]]
+                                           for _, r in sets])
+        out[task] = float((table.target(target).argmax(1) == np.array(picked)).mean())
     return out
 
 
@@ -129,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from vllm_pudding.artifact import META_FILE, load_pudding_dir
     from vllm_pudding.router.runtime import Router
     from vllm_pudding.router.spec import load_spec
+    from vllm_pudding.router.text import default_encoder_dir
 
     pdir = Path(args.pudding_dir)
     pool = load_pudding_dir(pdir)
@@ -140,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
                              {t: [e.doc_id for e in set_runs[0].examples[t]] for t in tasks})
     rows, extra = [], {}
     for kind in args.kinds.split(","):
-        from vllm_pudding.router.text import default_encoder_dir
-
         rdir = Path(args.routers) / kind
         spec = load_spec(rdir, pool.omission_sets, check_encoder=False)
         router = Router(rdir, spec, base, default_encoder_dir() if kind == "text" else None)
