@@ -62,6 +62,14 @@ def load_pudding_dir(path: Path) -> PuddingConfig:
         raise ValueError(f"{config_file}: {e}") from None
 
 
+def base_model(pudding_dir: Path) -> Path:
+    """The base model dir a pudding dir was built from (its `pudding_meta.json`)."""
+    meta = Path(pudding_dir) / META_FILE
+    if not meta.is_file():
+        raise ValueError(f"{meta}: missing (not a pudding model dir built by vllm-pudding)")
+    return Path(json.loads(meta.read_text())["base_model"])
+
+
 def _pudding_arch(config: dict[str, Any]) -> str:
     archs = config.get("architectures") or []
     if len(archs) != 1 or archs[0] not in PUDDING_ARCH:

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from vllm_pudding.artifact import META_FILE, build_pudding_dir, load_pudding_dir
+    from vllm_pudding.artifact import META_FILE, base_model, build_pudding_dir, load_pudding_dir
     from vllm_pudding.config import PuddingConfig
     from vllm_pudding.data.tasks import examples
     from vllm_pudding.eval.run import (evaluate_run, markdown_table, oracle_rows,
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = None
     base = Path(args.base) if args.base else None
     if base is None and pool is not None and (model / META_FILE).is_file():
-        base = Path(json.loads((model / META_FILE).read_text())["base_model"])
+        base = base_model(model)
     if pool is None:
         base = base or model
     extra = _load_extra(args.extra_sets)

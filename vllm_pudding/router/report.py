@@ -115,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output path stem (.md, .json)")
     args = p.parse_args(argv)
 
-    from vllm_pudding.artifact import META_FILE, load_pudding_dir
+    from vllm_pudding.artifact import base_model, load_pudding_dir
     from vllm_pudding.router.runtime import Router
     from vllm_pudding.router.spec import load_spec
     from vllm_pudding.router.text import default_encoder_dir
 
     pdir = Path(args.pudding_dir)
     pool = load_pudding_dir(pdir)
-    base = Path(json.loads((pdir / META_FILE).read_text())["base_model"])
+    base = base_model(pdir)
     runs, meta = load_runs([Path(x) for x in args.results])
     set_runs = [r for r in runs if r.label.startswith("set")]
     tasks = list(set_runs[0].examples)

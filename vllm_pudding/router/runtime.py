@@ -66,13 +66,11 @@ class Router:
 
 
 def _encoder(encoder_dir: Path, spec: RouterSpec, model_dir: Path):
-    if spec.kind == "text":
-        from vllm_pudding.router.text import TextEncoder
+    from vllm_pudding.router.features import make_encoder
 
-        return TextEncoder(encoder_dir, max_tokens=spec.max_tokens)
-    from vllm_pudding.router.hidden import PrefixEncoder
-
-    return PrefixEncoder(model_dir, spec.prefix_layers, spec.max_tokens, spec.pooling)
+    return make_encoder(spec.kind, encoder_dir=encoder_dir, model_dir=model_dir,
+                        prefix_layers=spec.prefix_layers, max_tokens=spec.max_tokens,
+                        pooling=spec.pooling)
 
 
 def load_router(model_dir: Path, pool: PuddingConfig) -> Router | None:

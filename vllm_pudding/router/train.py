@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    from vllm_pudding.artifact import META_FILE, load_pudding_dir
+    from vllm_pudding.artifact import base_model, load_pudding_dir
     from vllm_pudding.router.features import cached_features, make_encoder
     from vllm_pudding.router.hidden import common_prefix
     from vllm_pudding.router.install import install_router, save_router
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pdir = Path(args.pudding_dir)
     pool = load_pudding_dir(pdir)
-    base = Path(json.loads((pdir / META_FILE).read_text())["base_model"])
+    base = base_model(pdir)
     sets = [list(s) for s in pool.omission_sets]
     tables = load_tables([Path(x) for x in args.labels], len(sets))
     texts = train_texts(tables)

@@ -70,12 +70,12 @@ def calibration_ids(tokenizer, num_seqs: int = DEFAULT_SEQS, seq_len: int = DEFA
 
 def resolve_base(model_dir: Path) -> Path:
     """The HF base model of a pudding dir (pudding_meta.json), or the dir itself."""
-    from vllm_pudding.artifact import META_FILE
+    from vllm_pudding.artifact import META_FILE, base_model
 
     model_dir = Path(model_dir)
-    meta = model_dir / META_FILE
-    if meta.is_file() and "pudding" in json.loads((model_dir / "config.json").read_text()):
-        return Path(json.loads(meta.read_text())["base_model"])
+    if (model_dir / META_FILE).is_file() and \
+            "pudding" in json.loads((model_dir / "config.json").read_text()):
+        return base_model(model_dir)
     return model_dir
 
 
