@@ -14,8 +14,9 @@ pudding dir) and measures, each with `--reps` alternated repetitions:
   each, one `llm.generate` call; output and total tokens/s; all four configs;
 - weights held by each engine (its live parameters, weights.py), KV capacity in
   tokens at the same 1 GiB, and mixed-set decode beside its union-of-kept-layers bound;
-- router overhead: a hook (`router_overhead`) that reports "skipped" until
-  `vllm_pudding.router` exists and the pudding dir names a router.
+- router overhead: a text router's own wall time per prompt; for the hidden router
+  (decided inside the engine) the routed request's time minus the same request pinned
+  to the set the engine chose, alternated.
 
 Full command. On this project's 2-core CPU machine, quiet, an estimate of about 25
 minutes (not yet measured): 3 engine starts ~2 min; prefill/decode ~3 min (as in
@@ -56,7 +57,7 @@ os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # weights via a
 from bench_engine import PAIRS, union_size  # noqa: E402
 from harness import (  # noqa: E402
     MAX_MODEL_LEN, SETTINGS, alternate, configs, kv_tokens, machine_info, make_engines,
-    prepare, ratio_stats, spread,
+    prepare, ratio_stats, spread, timed,
 )
 from report_md import render  # noqa: E402
 from weights import weights_report  # noqa: E402
@@ -89,7 +90,7 @@ SERVING_PAIRS = {**PAIRS, "routed vs dense": ("dense", "routed"),
 
 def measure_serving(engines, cfg, setup, args) -> dict:
     """All four configs, plus "routed" when the dir has a router: no `pudding_set`, so the
-    front end routes every prompt (router time included, as a user would see it)."""
+    router picks every prompt's set (router time included, as a user would see it)."""
     case = serving_case(setup.tokenizer, args.seed, MAX_MODEL_LEN, args.quick)
     if setup.pool.router is not None:
         cfg = {**cfg, "routed": ("pudding", lambda n: [None] * n)}
@@ -115,48 +116,72 @@ def mixed_decode(result: dict, union: int) -> dict:
             "bound_vs_dense": result["mixed_decode_bound_vs_dense"]}
 
 
-# --- router overhead hook -------------------------------------------------------------
-# The router is another issue's work, in progress. This hook follows its runtime API as
-# seen so far: `vllm_pudding.router.runtime.load_router(pudding_dir, pool)` returns None
-# (no router) or an object whose `route(texts) -> list[int]` picks one set per prompt
-# text. If that API changes, adapt `_load_router`; until then the report says skipped.
+# --- router overhead -----------------------------------------------------------------
+# A text router runs in the front end before the request is queued: its cost is its own
+# wall time. A hidden router runs inside the engine's forward (router/in_engine.py): its
+# cost is the routed request's time minus the same request pinned to the set the engine
+# chose (same layers; the difference is pooling, the head and one re-plan), alternated.
 
-def _load_router(setup):
-    """(router, None) or (None, why the router overhead is skipped)."""
-    try:
-        from vllm_pudding.router.runtime import load_router
-    except ImportError as e:
-        return None, f"vllm_pudding.router cannot be imported ({e})"
-    if setup.pool.router is None:
-        return None, f"{setup.pudding_dir} names no router (pudding.router is null)"
-    try:
-        router = load_router(setup.pudding_dir, setup.pool)
-    except TypeError as e:
-        return None, f"router API differs from the hook's ({e}): adapt _load_router"
-    return (router, None) if router is not None else (None, "load_router returned None")
-
-
-def router_overhead(setup, latency: dict, cases: dict, reps: int) -> dict:
+def router_overhead(setup, engines, latency: dict, cases: dict, reps: int) -> dict:
     """Router time per prompt vs the one-set latency of the same prompt, or `skipped`."""
-    router, why = _load_router(setup)
-    if router is None:
-        return {"skipped": why}
+    if setup.pool.router is None:
+        return {"skipped": f"{setup.pudding_dir} names no router (pudding.router is null)"}
     out = {}
     for case in (c for c in ROUTER_TARGETS if c in cases):
-        text = setup.tokenizer.decode(cases[case].prompts[0])
-        router.route([text])  # warm-up
-        times = [_timed_route(router, text) for _ in range(reps)]
-        share = [t / (latency["ms"][case]["one set"]["median"] / 1e3) for t in times]
-        out[case] = {"router_ms": spread([t * 1e3 for t in times]),
-                     "share_of_one_set_latency": spread(share),
-                     "target_max_share": ROUTER_TARGETS[case]}
+        extra = {}
+        if setup.pool.router.kind == "hidden":
+            times, shares, worker_s = _in_engine_overhead(engines["pudding"], cases[case], reps)
+            extra = {"worker_route_ms": worker_s * 1e3,
+                     "worker_share": worker_s / (latency["ms"][case]["one set"]["median"] / 1e3)
+                     if case in latency.get("ms", {}) else None}
+        else:
+            times = _front_end_overhead(setup, cases[case].prompts[0], reps)
+            shares = [t / (latency["ms"][case]["one set"]["median"] / 1e3) for t in times]
+        out[case] = {"kind": setup.pool.router.kind,
+                     "router_ms": spread([t * 1e3 for t in times]),
+                     "share_of_one_set_latency": spread(shares),
+                     "target_max_share": ROUTER_TARGETS[case], **extra}
     return out or {"skipped": "no latency case matches the router targets (--quick sizes)"}
 
 
-def _timed_route(router, text: str) -> float:
-    start = time.perf_counter()
-    router.route([text])
-    return time.perf_counter() - start
+def _front_end_overhead(setup, prompt, reps: int) -> list[float]:
+    from vllm_pudding.router.runtime import load_router
+
+    router = load_router(setup.pudding_dir, setup.pool)
+    text = setup.tokenizer.decode(prompt)
+    router.route([text])  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        router.route([text])
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _in_engine_overhead(llm, case, reps: int) -> tuple[list[float], list[float], float]:
+    """(routed - pinned) seconds and their share of pinned, per alternated pair; and the
+    worker's own time in the routing step (pooling, head, re-plan) per routed prompt."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from vllm_pudding.depth import step_stats
+
+    prompt = [TokensPrompt(prompt_token_ids=case.prompts[0])]
+    (first,) = llm.generate(prompt, SamplingParams(max_tokens=1), use_tqdm=False)
+    chosen = first.pudding_set
+    deltas, shares = [], []
+    before = llm.apply_model(step_stats)[0]
+    for rep in range(8 * reps):  # the difference is small: more pairs than other figures
+        pair = {}
+        for name in (("routed", "pinned") if rep % 2 == 0 else ("pinned", "routed")):
+            pair[name] = timed(llm, case.prompts[:1], case.out,
+                               [None if name == "routed" else chosen])
+        deltas.append(pair["routed"] - pair["pinned"])
+        shares.append(deltas[-1] / pair["pinned"])
+    after = llm.apply_model(step_stats)[0]
+    calls = after.get("route_calls", 0) - before.get("route_calls", 0)
+    worker_s = (after.get("route_seconds", 0.0) - before.get("route_seconds", 0.0)) / max(calls, 1)
+    return deltas, shares, worker_s
 
 
 # --- the run --------------------------------------------------------------------------
@@ -183,7 +208,7 @@ def run(args) -> dict:
         "weights": weights_report(engines, setup.pool.k, len(setup.pool.omitted_by_all())),
     }
     result["mixed_decode"] = mixed_decode(result, union)
-    result["router"] = router_overhead(setup, result["latency"], lat_cases, args.reps)
+    result["router"] = router_overhead(setup, engines, result["latency"], lat_cases, args.reps)
     result["machine"] = machine_info()
     return result
 

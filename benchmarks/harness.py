@@ -21,7 +21,8 @@ from typing import Callable, NamedTuple
 
 MAX_MODEL_LEN = 1024
 KV_BYTES = 1 << 30
-SETTINGS = "bf16, enforce_eager=True, kv_cache_memory_bytes=1GiB, vLLM defaults otherwise"
+SETTINGS = ("bf16, enforce_eager=True, kv_cache_memory_bytes=1GiB, enable_prefix_caching=False, "
+            "vLLM defaults otherwise")
 
 
 class Setup(NamedTuple):
@@ -54,8 +55,11 @@ def prepare() -> Setup:
 def make_engine(path: Path):
     from vllm import LLM
 
+    # No prefix caching: every repetition sends the same seeded prompts, and cache hits
+    # would time only each prompt's last token (the report before this fix did).
     return LLM(model=str(path), dtype="bfloat16", max_model_len=MAX_MODEL_LEN,
-               enforce_eager=True, kv_cache_memory_bytes=KV_BYTES, seed=0)
+               enforce_eager=True, kv_cache_memory_bytes=KV_BYTES, seed=0,
+               enable_prefix_caching=False)
 
 
 def make_engines(setup: Setup) -> dict:

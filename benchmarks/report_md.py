@@ -99,11 +99,19 @@ def router_section(result: dict) -> list[str]:
     router = result["router"]
     if "skipped" in router:
         return ["## Router overhead", f"Skipped: {router['skipped']}.", ""]
-    lines = ["## Router overhead", "| prompt | router ms | share of one-set latency | target |",
-             "|---|---|---|---|"]
+    lines = ["## Router overhead", "| prompt | router | router ms | share of one-set latency | "
+             "target |", "|---|---|---|---|---|"]
     for case, r in router.items():
-        lines.append(f"| {case} | {_ratio(r['router_ms'], 2)} | "
+        how = ("hidden, in engine (routed - pinned)" if r.get("kind") == "hidden"
+               else r.get("kind", "text"))
+        lines.append(f"| {case} | {how} | {_ratio(r['router_ms'], 2)} | "
                      f"{_ratio(r['share_of_one_set_latency'], 4)} | <= {r['target_max_share']} |")
+    worker = {c: r for c, r in router.items() if r.get("worker_route_ms") is not None}
+    for case, r in worker.items():
+        share = f" = {100 * r['worker_share']:.3f}% of its one-set latency" if r.get(
+            "worker_share") is not None else ""
+        lines.append(f"- {case}: the routing step itself (pooling, head, re-plan, timed in the "
+                     f"worker) takes {r['worker_route_ms']:.3f} ms per routed prompt{share}.")
     return lines + [""]
 
 

@@ -56,3 +56,36 @@ def train_planted_router(out: Path, omission_sets, max_tokens: int = 32) -> Path
                       feature_dim=x.shape[1], head_hidden=32, max_tokens=max_tokens,
                       encoder="encoder", target="planted", objective="mse")
     return save_router(out, spec, fit.head)
+
+
+def train_planted_hidden_router(out: Path, base: Path, omission_sets, max_tokens: int = 32):
+    """Fits a hidden router on the base model's prefix states; returns (folder, head, encoder).
+
+    The head and the HF prefix encoder come back too: the engine's in-worker decisions
+    must equal the head applied to HF features of the same prompts.
+    """
+    import numpy as np
+    import torch
+
+    from vllm_pudding.router.head import fit_head
+    from vllm_pudding.router.hidden import PrefixEncoder, common_prefix
+    from vllm_pudding.router.install import save_router
+    from vllm_pudding.router.spec import RouterSpec
+
+    p = common_prefix(omission_sets)
+    enc = PrefixEncoder(base, p, max_tokens=max_tokens, pooling="mean_last")
+    texts, sets = planted_texts(40, seed=0, filler=FILLER_TRAIN)
+    x = enc(texts)
+    y = torch.full((len(texts), len(omission_sets)), -1.0)
+    y[torch.arange(len(texts)), torch.tensor(sets)] = 0.0
+    truth = np.array(sets)
+
+    def score(head):
+        return float((np.array(head.route(x)) == truth).mean())
+
+    torch.manual_seed(0)
+    fit = fit_head(x, y, "mse", score, hidden=32, epochs=150)
+    spec = RouterSpec(kind="hidden", omission_sets=[list(s) for s in omission_sets],
+                      feature_dim=x.shape[1], head_hidden=32, max_tokens=max_tokens,
+                      prefix_layers=p, pooling="mean_last", target="planted", objective="mse")
+    return save_router(out, spec, fit.head), fit.head, enc

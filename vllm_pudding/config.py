@@ -19,6 +19,9 @@ SECTION = "pudding"
 SET_ARG = "pudding_set"
 """`SamplingParams.extra_args` / `vllm_xargs` key that pins a request's set id."""
 
+ROUTE_ARG = "pudding_route"
+"""extra_args key the front end sets on requests the in-engine (hidden) router decides."""
+
 
 class RouterRef(BaseModel):
     """Where the pudding dir's router lives; requests without a `pudding_set` use it."""

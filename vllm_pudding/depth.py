@@ -20,18 +20,21 @@ Only this module and `vllm_pudding.patches` touch vLLM's attention metadata.
 from __future__ import annotations
 
 import dataclasses
+import time
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-from vllm_pudding.config import SET_ARG, PuddingConfig
+from vllm_pudding.config import ROUTE_ARG, SET_ARG, PuddingConfig
 
 ALL = "all"
 NONE = "none"
 DENSE_ROW = -1
 """Row set id for rows without a live request (dummy/profile runs): run every built layer."""
+DECIDED_ATTR = "pudding_routed_set"
+"""Attribute the worker sets on a request's CachedRequestState once the router decided."""
 
 
 class _State:
@@ -45,12 +48,14 @@ class _State:
     plan: "StepPlan | None" = None
     dummy: int = 0
     stats: dict = {}
+    router: Any = None  # router.in_engine.EngineRouter: decides unrouted rows mid-forward
+    routes: dict = {}  # req id -> set decided in the worker, not yet handed to the scheduler
 
 
 _state = _State()
 
 
-def configure(pool: PuddingConfig, num_layers: int) -> None:
+def configure(pool: PuddingConfig, num_layers: int, router: Any = None) -> None:
     """Called when the model is built in a worker: kept-layer and KV-slot matrices."""
     never_kept = pool.omitted_by_all()
     built = [l not in never_kept for l in range(num_layers)]
@@ -60,6 +65,23 @@ def configure(pool: PuddingConfig, num_layers: int) -> None:
     # (dummy runs, no live request) clip into the last slot: they own no blocks.
     slot_of = np.minimum(np.cumsum(kept, axis=1) - 1, num_slots - 1)
     _state.pool, _state.kept, _state.slot_of = pool, kept, slot_of
+    _state.router, _state.routes = router, {}
+
+
+def route_after() -> int | None:
+    """Index of the layer after which unrouted rows are routed; None without a router."""
+    return None if _state.router is None else _state.router.route_after
+
+
+def take_routes() -> dict[str, int]:
+    """Sets decided since the last call (req id -> set id), for the step's output."""
+    routes, _state.routes = _state.routes, {}
+    return routes
+
+
+def restore_routes(routes: dict[str, int]) -> None:
+    """Puts decisions back when a step produced no output to carry them."""
+    _state.routes = {**routes, **_state.routes}
 
 
 def is_active() -> bool:
@@ -102,13 +124,14 @@ def end_step(runner: Any, attn_metadata: Any, num_reqs: int) -> None:
     recorded, _state.recording = _state.recording, None
     if not isinstance(attn_metadata, dict) or not attn_metadata:
         return  # attention-free step: the model runs dense
+    pending = []
     if _state.dummy:
         row_sets = np.full(num_reqs, DENSE_ROW, dtype=np.int64)
     else:
-        row_sets = _row_sets(runner, num_reqs)
+        row_sets, pending = _row_sets(runner, num_reqs)
     groups = _groups_by_layer(runner, recorded)
     _state.plan = StepPlan(attn_metadata, row_sets, groups, _state.kept,
-                           _slot_offsets(row_sets))
+                           _slot_offsets(row_sets), pending)
     if not _state.dummy:
         _count_step(_state.plan)
 
@@ -148,17 +171,31 @@ def _slot_offsets(row_sets: np.ndarray) -> np.ndarray | None:
     return _state.slot_of[row_sets] * _state.kv_blocks
 
 
-def _row_sets(runner: Any, num_reqs: int) -> np.ndarray:
+def _row_sets(runner: Any, num_reqs: int) -> tuple[np.ndarray, list]:
+    """Each row's set id, and the (row, request) pairs the in-engine router must decide.
+
+    A row waiting for the router runs the default set until the routing layer: every
+    set keeps those layers, in the same KV slots, so the placeholder changes nothing.
+    """
     pool = _state.pool
     req_ids = runner.input_batch.req_ids
     out = np.full(num_reqs, DENSE_ROW, dtype=np.int64)
+    pending = []
     for row in range(min(num_reqs, len(req_ids))):
         req = runner.requests.get(req_ids[row])
         if req is None or req.sampling_params is None:
             continue
         extra = req.sampling_params.extra_args or {}
-        out[row] = pool.resolve_set_id(extra.get(SET_ARG))
-    return out
+        value = extra.get(SET_ARG)
+        if value is None and extra.get(ROUTE_ARG):
+            value = getattr(req, DECIDED_ATTR, None)
+            if value is None:
+                if _state.router is None:
+                    raise RuntimeError("vllm-pudding: a request awaits the in-engine router, "
+                                       "but this model has none")
+                pending.append((row, req))
+        out[row] = pool.resolve_set_id(value)
+    return out, pending
 
 
 def _groups_by_layer(runner: Any, recorded: dict) -> dict[str, tuple[Any, Any]]:
@@ -211,16 +248,30 @@ class SubBatch:
     def _layer_metadata(self, layer_name, layer_idx, step_md, step_slots):
         group, cm = self.plan.groups[layer_name]
         md, block_table, slots = self._base(group, cm, step_md, step_slots)
-        offsets = self.plan.slot_offsets
-        if offsets is None:
+        if self.plan.slot_offsets is None:
             return md, slots
-        # KV slots: this layer's pages of each row live `offset` blocks further on.
-        row_off = torch.from_numpy(offsets[self.rows, layer_idx]).to(block_table.device)
-        table = block_table + row_off.to(block_table.dtype)[:, None]
-        tok_off = row_off[self._token_rows(cm, row_off.device)]
-        block_size = group.kv_cache_spec.block_size
-        new_slots = torch.where(slots >= 0, slots + tok_off * block_size, slots)
-        return _with_tables(self.plan.builder_for(group), md, table, new_slots), new_slots
+        tables, all_slots = self._slot_tables(group, cm, block_table, slots)
+        new_slots = all_slots[layer_idx]
+        return _with_tables(self.plan.builder_for(group), md, tables[layer_idx],
+                            new_slots), new_slots
+
+    def _slot_tables(self, group, cm, block_table, slots):
+        """Every layer's block table and slot mapping for these rows, built once per step.
+
+        KV slots: layer l's pages of a row live `offset[row, l]` blocks further on. One
+        broadcast op for all layers costs less than a handful of small ops per layer
+        (the per-layer version cost ~6% of a decode step here).
+        """
+        key = ("slots", id(group))
+        if key not in self._tables:
+            offsets = np.ascontiguousarray(self.plan.slot_offsets[self.rows].T)  # [L, rows]
+            off = torch.from_numpy(offsets).to(block_table.device)
+            tables = block_table[None] + off.to(block_table.dtype)[:, :, None]
+            tok_off = off[:, self._token_rows(cm, off.device)] * group.kv_cache_spec.block_size
+            shifted = torch.where(slots[None] >= 0, slots[None] + tok_off.to(slots.dtype),
+                                  slots[None])
+            self._tables[key] = (tables, shifted)
+        return self._tables[key]
 
     def _base(self, group, cm, step_md, step_slots):
         """Metadata, block table and slot mapping of these rows (before slot offsets)."""
@@ -252,11 +303,25 @@ class SubBatch:
 
 def _with_tables(builder: Any, md: Any, block_table: torch.Tensor, slots: torch.Tensor):
     """Backend metadata with another block table and slot mapping (same rows, same lens)."""
-    if getattr(builder, "supports_update_block_table", False):
+    key = (type(builder), type(md))
+    how = _RETARGET.get(key)
+    if how is None:
+        how = _RETARGET[key] = _retarget_kind(builder, md)
+    if how == "builder":
         return builder.update_block_table(md, block_table, slots)
+    return dataclasses.replace(md, block_table=block_table, slot_mapping=slots)
+
+
+_RETARGET: dict[tuple[type, type], str] = {}
+"""(builder type, metadata type) -> how to retarget; fields are looked up once."""
+
+
+def _retarget_kind(builder: Any, md: Any) -> str:
+    if getattr(builder, "supports_update_block_table", False):
+        return "builder"
     fields = {f.name for f in dataclasses.fields(md)} if dataclasses.is_dataclass(md) else set()
     if {"block_table", "slot_mapping"} <= fields:  # e.g. the CPU backend's metadata
-        return dataclasses.replace(md, block_table=block_table, slot_mapping=slots)
+        return "replace"
     raise NotImplementedError(f"vllm-pudding KV slots: cannot retarget {type(md).__name__}")
 
 
@@ -267,16 +332,40 @@ class StepPlan:
 
     def __init__(self, attn_metadata: dict, row_sets: np.ndarray,
                  groups: dict[str, tuple[Any, Any]], kept: np.ndarray,
-                 slot_offsets: np.ndarray | None = None):
+                 slot_offsets: np.ndarray | None = None, pending: list | None = None):
         self.attn_metadata = attn_metadata
         self.row_sets = row_sets
         self.groups = groups
         self.row_kept = kept[row_sets]  # [num_reqs, num_layers]
         self.slot_offsets = slot_offsets  # [num_reqs, num_layers] or None
+        self.pending = pending or []  # (row, CachedRequestState) for the in-engine router
         any_group = next(iter(groups.values()))[1]
         self.query_start_loc = any_group.query_start_loc_cpu.numpy()
         self.device = any_group.query_start_loc.device
         self._by_mask: dict[bytes, Any] = {}
+
+    def route(self, states: torch.Tensor) -> None:
+        """Decides the pending rows from `states` (the residual stream) and re-plans.
+
+        Called once, right after the last layer every set keeps; later layers of this
+        step, and every later step of these requests, follow the decided sets.
+        """
+        start = time.perf_counter()
+        rows = np.array([row for row, _ in self.pending], dtype=np.int64)
+        sets = _state.router.decide(states, self.query_start_loc, rows)
+        for (_, req), set_id in zip(self.pending, sets):
+            setattr(req, DECIDED_ATTR, set_id)
+            _state.routes[req.req_id] = set_id
+        _state.stats["routed_rows"] = _state.stats.get("routed_rows", 0) + len(rows)
+        self.row_sets = self.row_sets.copy()
+        self.row_sets[rows] = sets
+        self.row_kept = _state.kept[self.row_sets]
+        self.slot_offsets = _slot_offsets(self.row_sets)
+        self.pending = []
+        self._by_mask = {}  # sub-batches of the shared prefix layers are done with
+        stats = _state.stats
+        stats["route_calls"] = stats.get("route_calls", 0) + 1
+        stats["route_seconds"] = stats.get("route_seconds", 0.0) + time.perf_counter() - start
 
     def for_layer(self, idx: int):
         """ALL (stock call), NONE (skip) or the SubBatch of rows that keep layer idx."""
@@ -400,6 +489,11 @@ class LayerRunner:
         self.positions, self.hidden, self.residual = positions, hidden, None
         self.kwargs = layer_kwargs
         self._owned = False  # hidden may be a runner buffer until a layer returns a new one
+
+    def route(self) -> None:
+        """Hands the residual stream to the in-engine router if this step has unrouted rows."""
+        if self.plan is not None and self.plan.pending:
+            self.plan.route(self.hidden + self.residual)
 
     def run(self, idx: int, layer: torch.nn.Module) -> None:
         sub = ALL if self.plan is None else self.plan.for_layer(idx)

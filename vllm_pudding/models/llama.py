@@ -52,6 +52,16 @@ def _layer_factory(omitted: set[int]):
     return build
 
 
+def _engine_router(vllm_config: VllmConfig, pudding):
+    """The hidden router, run by the worker (kept out of the module tree: no checkpoint
+    weights of its own, so vLLM's loader must not see it)."""
+    from vllm_pudding.router.in_engine import load_engine_router
+
+    model_config = vllm_config.model_config
+    return load_engine_router(model_config.model, pudding, model_config.hf_config.hidden_size,
+                              torch.device(vllm_config.device_config.device))
+
+
 @ignore_torch_compile  # the per-row layer loop is data dependent
 class PuddingLlamaModel(LlamaModel):
     """LlamaModel whose layer loop follows the step's per-row depth plan."""
@@ -62,10 +72,13 @@ class PuddingLlamaModel(LlamaModel):
             raise NotImplementedError("vllm-pudding does not support pipeline parallelism")
         hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
         runner = depth.LayerRunner(positions, hidden, extra_layer_kwargs)
+        route_after = depth.route_after()
         for idx in range(self.start_layer, self.end_layer):
             layer = self.layers[idx]
             if not isinstance(layer, OmittedLayer):
                 runner.run(idx, layer)
+            if idx == route_after:
+                runner.route()  # unrouted rows get their set before any layer they omit
         hidden, _ = self.norm(runner.hidden, runner.residual)
         return hidden
 
@@ -78,7 +91,8 @@ class PuddingLlamaForCausalLM(LlamaForCausalLM):
         if pudding is None:
             raise ValueError("PuddingLlamaForCausalLM needs a 'pudding' section in config.json")
         self.omitted_layers = pudding.omitted_by_all()
-        depth.configure(pudding, vllm_config.model_config.hf_config.num_hidden_layers)
+        hf_config = vllm_config.model_config.hf_config
+        depth.configure(pudding, hf_config.num_hidden_layers, _engine_router(vllm_config, pudding))
         super().__init__(vllm_config=vllm_config, prefix=prefix,
                          layer_type=_layer_factory(self.omitted_layers))
 

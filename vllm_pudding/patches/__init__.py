@@ -17,6 +17,7 @@ PATCHES = (
     "v1_runner",  # PuDDing models run on the V1 model runner
     "kv_slots",  # KV storage only for each request's kept layers
     "auto_routing",  # the router picks a set for requests that name none; outputs say which
+    "engine_routes",  # sets the in-engine (hidden) router decides reach the caller
 )
 
 _applied = False

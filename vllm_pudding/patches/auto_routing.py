@@ -11,6 +11,9 @@ What:
 - visibility: `RequestState.from_new_request` remembers the request's set, and every
   `RequestOutput` carries `pudding_set` (int) and `pudding_routed` (bool); the OpenAI
   completion and chat responses gain `pudding_sets` (one per prompt) / `pudding_set`.
+Hidden routers are not run here: their requests get `pudding_route: True` (and
+`pudding_routed`), and the worker decides on the first prefill chunk from the
+engine's own states (router/in_engine.py; the set comes back via engine_routes.py).
 Why: routing must happen once per prompt, before the request reaches the engine
 (the set fixes which layers and KV slots it uses for prefill and decode), with no
 user code; an explicit `pudding_set` always wins. The admission patch then
@@ -25,7 +28,7 @@ import asyncio
 import os
 from collections.abc import AsyncGenerator
 
-from vllm_pudding.config import SET_ARG, from_hf_config
+from vllm_pudding.config import ROUTE_ARG, SET_ARG, from_hf_config
 from vllm_pudding.patches import wrap
 
 ROUTED_ARG = "pudding_routed"
@@ -47,10 +50,16 @@ def apply() -> None:
 
 # ---------------------------------------------------------------- helpers
 
+IN_ENGINE = "in-engine"
+"""_router's answer for a hidden router: the worker decides (router/in_engine.py)."""
+
+
 def _router(model_config):
     pool = from_hf_config(model_config.hf_config)
     if pool is None or pool.router is None:
         return None
+    if pool.router.kind == "hidden":
+        return IN_ENGINE
     from vllm_pudding.router.runtime import router_for
 
     return router_for(model_config.model, pool)
@@ -77,8 +86,17 @@ def prompt_text(prompt, tokenizer) -> str:
 
 def _pinned(params, set_id: int):
     """A private copy of `params` carrying the routed set (shared params stay untouched)."""
+    return _private(params, {SET_ARG: int(set_id), ROUTED_ARG: True})
+
+
+def _to_engine(params):
+    """A private copy of `params` that asks the in-engine router for a set."""
+    return _private(params, {ROUTE_ARG: True, ROUTED_ARG: True})
+
+
+def _private(params, extra: dict):
     copy = params.clone()
-    copy.extra_args = {**(params.extra_args or {}), SET_ARG: int(set_id), ROUTED_ARG: True}
+    copy.extra_args = {**(params.extra_args or {}), **extra}
     return copy
 
 
@@ -88,13 +106,16 @@ def _wrap_offline(original):
     def _render_and_add_requests(self, prompts, params, **kwargs):
         router = _router(self.model_config)
         if router is not None and any(_needs_route(p) for p in params):
-            prompts = list(prompts)
+            prompts, params = list(prompts), list(params)
             todo = [i for i, p in enumerate(params) if _needs_route(p)]
-            tok = self.get_tokenizer()
-            sets = router.route([prompt_text(prompts[i], tok) for i in todo])
-            params = list(params)
-            for i, s in zip(todo, sets):
-                params[i] = _pinned(params[i], s)
+            if router is IN_ENGINE:
+                for i in todo:
+                    params[i] = _to_engine(params[i])
+            else:
+                tok = self.get_tokenizer()
+                sets = router.route([prompt_text(prompts[i], tok) for i in todo])
+                for i, s in zip(todo, sets):
+                    params[i] = _pinned(params[i], s)
         return original(self, prompts, params, **kwargs)
 
     return _render_and_add_requests
@@ -137,8 +158,8 @@ def _batcher(engine):
     b = getattr(engine, "_pudding_route_batcher", None)
     if b is None:
         router = _router(engine.model_config)
-        if router is None:
-            return None
+        if router is None or router is IN_ENGINE:
+            return router
         window = float(os.environ.get("PUDDING_ROUTER_WINDOW_MS", "2")) / 1000
         b = RouteBatcher(router, window)
         engine._pudding_route_batcher = b
@@ -155,7 +176,9 @@ def _wrap_async(original):
 
                 raise PuddingRequestError(f"request {request_id!r}: {e}",
                                           parameter=SET_ARG) from None
-            if batcher is not None:
+            if batcher is IN_ENGINE:
+                params = _to_engine(params)
+            elif batcher is not None:
                 text = kwargs.get("prompt_text") or prompt_text(prompt, self.tokenizer)
                 params = _pinned(params, await batcher.route(text))
         return await original(self, request_id, prompt, params, *args, **kwargs)

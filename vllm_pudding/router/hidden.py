@@ -5,7 +5,9 @@ layers run for every request whatever the router decides: reading the residual
 stream after them costs only the head. No second model, no second tokenizer.
 Here the prefix runs in HF transformers (training features, offline routing); the
 features are the residual stream after layer p-1 (before the final norm),
-pooled as the spec says.
+pooled as the spec says. Prompts are tokenized as vLLM tokenizes a text prompt
+(special tokens added), so training features match what the in-engine router
+(router/in_engine.py) pools from the engine's own states.
 """
 
 from __future__ import annotations
@@ -56,8 +58,7 @@ class PrefixEncoder:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         for i in range(0, len(texts), batch_size):
             enc = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_tokens, return_tensors="pt",
-                                 add_special_tokens=False)
+                                 max_length=self.max_tokens, return_tensors="pt")
             states = self.body(**enc).last_hidden_state
             out.append(pool_states(states.float(), enc["attention_mask"], self.pooling))
         return torch.cat(out) if out else torch.zeros(0, self.dim)

@@ -73,7 +73,8 @@ def validation_texts(tasks: list[str], n: int, seed: int, doc_ids: dict[str, lis
     return out
 
 
-def route_cached(router, kind: str, texts: dict[str, list[str]]) -> dict[str, list[int]]:
+def route_cached(router, kind: str, texts: dict[str, list[str]],
+                 extra_key: dict | None = None) -> dict[str, list[int]]:
     """Routes every text; encoder features are cached on disk (re-runs cost the head only)."""
     import torch
 
@@ -81,7 +82,7 @@ def route_cached(router, kind: str, texts: dict[str, list[str]]) -> dict[str, li
 
     spec = router.spec
     key = {"kind": kind, "max_tokens": spec.max_tokens, "pooling": spec.pooling,
-           "prefix_layers": spec.prefix_layers, "split": "validation"}
+           "prefix_layers": spec.prefix_layers, "split": "validation", **(extra_key or {})}
     out = {}
     for t, tx in texts.items():
         with torch.no_grad():
@@ -105,6 +106,15 @@ def agreement(runs: list[RunResult], choice: dict[str, list[int]],
     return out
 
 
+def _cost(label: str, info: dict) -> str:
+    ms = 1000 * info["route_seconds"] / info["prompts"]
+    how = f"({info['target']}, {info['objective']})"
+    if label.endswith("hidden"):
+        return (f"offline features {ms:.1f} ms per prompt in HF fp32 {how}; in the engine "
+                "the head reads the engine's own states (router.engine_check).")
+    return f"router {ms:.1f} ms per prompt in one batched call {how}."
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vllm_pudding.router.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--routers", required=True, help="folder with <kind>/ router folders")
     p.add_argument("--kinds", default="text,hidden")
     p.add_argument("--out", required=True, help="output path stem (.md, .json)")
+    p.add_argument("--chat", action="store_true",
+                   help="also route each prompt in its chat-templated form (rows '<kind>, chat')")
     args = p.parse_args(argv)
 
     from vllm_pudding.artifact import base_model, load_pudding_dir
@@ -140,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         secs = (time.perf_counter() - t0) / len(sample) * sum(len(v) for v in texts.values())
         label = f"pudding-{kind}"
         rows.append(routed_run(label, runs, choice))
+        if args.chat:
+            from transformers import AutoTokenizer
+
+            from vllm_pudding.router.train import chat_texts
+
+            chat = chat_texts(texts, AutoTokenizer.from_pretrained(str(base)))
+            rows.append(routed_run(f"{label}, chat prompts", runs,
+                                   route_cached(router, kind, chat, {"chat": True})))
         n_total = sum(len(v) for v in texts.values())
         extra[label] = {"agreement_with_oracle_best": agreement(runs, choice, spec.target),
                         "set_histogram": {t: np.bincount(c, minlength=len(pool.omission_sets)).tolist()
@@ -157,15 +177,17 @@ def main(argv: list[str] | None = None) -> int:
           f"Best static (best of SLEB, ShortGPT and each single pool set, by avg6): "
           f"**{best_static.label}** {averages(best_static)['avg6'].fmt()}.", ""]
     for label, s in summary.items():
+        if label not in extra:  # a chat-prompt row: accuracy only
+            md.append(f"- {label}: avg6 {100 * s['avg6']:.1f}, "
+                      f"{100 * s['minus_best_static']:+.1f} points vs best static.")
+            continue
         agr = extra[label]["agreement_with_oracle_best"]
         md.append(f"- {label}: avg6 {100 * s['avg6']:.1f}, {100 * s['minus_best_static']:+.1f} "
                   f"points vs best static; top-1 agreement with the oracle-best candidate by "
                   f"{extra[label]['target']} "
                   f"{100 * float(np.mean(list(agr.values()))):.1f}% (per task: "
-                  + ", ".join(f"{t} {100 * v:.0f}%" for t, v in agr.items()) + "); router "
-                  f"{1000 * extra[label]['route_seconds'] / extra[label]['prompts']:.1f} ms per "
-                  f"prompt in one batched call ({extra[label]['target']}, "
-                  f"{extra[label]['objective']}).")
+                  + ", ".join(f"{t} {100 * v:.0f}%" for t, v in agr.items()) + "); "
+                  + _cost(label, extra[label]))
     text = "\n".join(md) + "\n"
     out = Path(args.out)
     out.with_suffix(".md").write_text(text)
