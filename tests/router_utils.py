@@ -31,27 +31,33 @@ def planted_texts(n_per_topic: int, seed: int, filler) -> tuple[list[str], list[
     return texts, sets
 
 
-def train_planted_router(out: Path, omission_sets, max_tokens: int = 32) -> Path:
-    """Fits a text router on planted labels; returns its folder (router.json + head)."""
+def _fit_planted(encode, per_topic: int, num_sets: int, epochs: int):
+    """(features, fit) of a head on planted labels: the topic's set scores 0, others -1."""
     import numpy as np
     import torch
 
     from vllm_pudding.router.head import fit_head
-    from vllm_pudding.router.install import save_router
-    from vllm_pudding.router.spec import RouterSpec
-    from vllm_pudding.router.text import TextEncoder, default_encoder_dir
 
-    enc = TextEncoder(default_encoder_dir(), max_tokens=max_tokens)
-    texts, sets = planted_texts(20, seed=0, filler=FILLER_TRAIN)
-    x = enc(texts)
-    y = torch.full((len(texts), len(omission_sets)), -1.0)
+    texts, sets = planted_texts(per_topic, seed=0, filler=FILLER_TRAIN)
+    x = encode(texts)
+    y = torch.full((len(texts), num_sets), -1.0)
     y[torch.arange(len(texts)), torch.tensor(sets)] = 0.0
     truth = np.array(sets)
 
     def score(head):
         return float((np.array(head.route(x)) == truth).mean())
 
-    fit = fit_head(x, y, "mse", score, hidden=32, epochs=100)
+    return x, fit_head(x, y, "mse", score, hidden=32, epochs=epochs)
+
+
+def train_planted_router(out: Path, omission_sets, max_tokens: int = 32) -> Path:
+    """Fits a text router on planted labels; returns its folder (router.json + head)."""
+    from vllm_pudding.router.install import save_router
+    from vllm_pudding.router.spec import RouterSpec
+    from vllm_pudding.router.text import TextEncoder, default_encoder_dir
+
+    enc = TextEncoder(default_encoder_dir(), max_tokens=max_tokens)
+    x, fit = _fit_planted(enc, 20, len(omission_sets), epochs=100)
     spec = RouterSpec(kind="text", omission_sets=[list(s) for s in omission_sets],
                       feature_dim=x.shape[1], head_hidden=32, max_tokens=max_tokens,
                       encoder="encoder", target="planted", objective="mse")
@@ -64,27 +70,13 @@ def train_planted_hidden_router(out: Path, base: Path, omission_sets, max_tokens
     The head and the HF prefix encoder come back too: the engine's in-worker decisions
     must equal the head applied to HF features of the same prompts.
     """
-    import numpy as np
-    import torch
-
-    from vllm_pudding.router.head import fit_head
     from vllm_pudding.router.hidden import PrefixEncoder, common_prefix
     from vllm_pudding.router.install import save_router
     from vllm_pudding.router.spec import RouterSpec
 
     p = common_prefix(omission_sets)
     enc = PrefixEncoder(base, p, max_tokens=max_tokens, pooling="mean_last")
-    texts, sets = planted_texts(40, seed=0, filler=FILLER_TRAIN)
-    x = enc(texts)
-    y = torch.full((len(texts), len(omission_sets)), -1.0)
-    y[torch.arange(len(texts)), torch.tensor(sets)] = 0.0
-    truth = np.array(sets)
-
-    def score(head):
-        return float((np.array(head.route(x)) == truth).mean())
-
-    torch.manual_seed(0)
-    fit = fit_head(x, y, "mse", score, hidden=32, epochs=150)
+    x, fit = _fit_planted(enc, 40, len(omission_sets), epochs=150)
     spec = RouterSpec(kind="hidden", omission_sets=[list(s) for s in omission_sets],
                       feature_dim=x.shape[1], head_hidden=32, max_tokens=max_tokens,
                       prefix_layers=p, pooling="mean_last", target="planted", objective="mse")
