@@ -163,3 +163,28 @@ def test_winogrande_router_text_has_a_blank():
     ex = MCExample(task="winogrande", doc_id="1", contexts=["The cat chased the dog",
                    "The cat chased the mouse"], continuations=[" because it was fast."], gold=0)
     assert router_text(ex) == "The cat chased the _ because it was fast."
+
+
+def test_omission_admission_orders_by_shared_core_and_ages():
+    from types import SimpleNamespace
+
+    from vllm_pudding.patches.omission_admission import admission_order
+
+    omitted = [frozenset(s) for s in ([1, 2, 3], [1, 2, 4], [5, 6, 7], [1, 5, 6])]
+
+    def req(name, set_id, age=0.0):
+        extra = None if set_id is None else {"pudding_set": set_id}
+        return SimpleNamespace(name=name, arrival_time=100.0 - age,
+                               sampling_params=SimpleNamespace(extra_args=extra))
+
+    running = [req("r0", 0), req("r1", 1)]  # core {1, 2}
+    waiting = [req("far", 2), req("near", 1), req("unknown", None), req("half", 3),
+               req("same", 0)]
+    names = [r.name for r in admission_order(waiting, running, omitted, 10.0, now=100.0)]
+    assert names == ["near", "unknown", "same", "half", "far"]
+    waiting[0] = req("far", 2, age=11.0)  # waited too long: first, whatever its set
+    names = [r.name for r in admission_order(waiting, running, omitted, 10.0, now=100.0)]
+    assert names[0] == "far"
+    # nothing running: the oldest request's set anchors the batch
+    names = [r.name for r in admission_order(waiting[1:], [], omitted, 10.0, now=100.0)]
+    assert names == ["near", "unknown", "same", "half"]

@@ -2,7 +2,8 @@
 
 Builds the default pudding dir if needed (SmolLM2-135M-Instruct, converted once),
 runs a batch of chat prompts, half routed by the dir's router (no `pudding_set`:
-the router picks each one's set, once, in one batched call) and half pinned to
+the default dir's hidden router picks each one's set inside the engine, from the
+first prefill chunk's states after the layers every set keeps) and half pinned to
 sets, prints each request's set (as the output reports it), omitted layers, answer
 and the batch's speed, then the same batch on dense stock vLLM for comparison.
 

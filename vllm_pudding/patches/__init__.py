@@ -18,6 +18,7 @@ PATCHES = (
     "kv_slots",  # KV storage only for each request's kept layers
     "auto_routing",  # the router picks a set for requests that name none; outputs say which
     "engine_routes",  # sets the in-engine (hidden) router decides reach the caller
+    "omission_admission",  # opt-in: admit waiting requests that share the batch's omitted layers
 )
 
 _applied = False

@@ -1,0 +1,94 @@
+"""Patch: omission-aware admission, opt-in (`PUDDING_ADMISSION=omission`).
+
+What: wraps `Scheduler.schedule`. Before vLLM's scan of the waiting queue (FCFS policy
+only), the queue is stably re-ordered so that requests whose omission set keeps the
+fewest layers beyond what the running batch already keeps come first.
+Why: a decode step reads the weights of every layer some row keeps. When the engine
+is saturated (more requests than `max_num_seqs`), which waiting request fills a freed
+slot is free to choose: filling it with a request whose set shares the running
+requests' omitted layers keeps the step's union of kept layers small without
+shrinking the batch. Requests that waited longer than `PUDDING_ADMISSION_MAX_WAIT_S`
+(default 10 s) go first whatever their set, so no set starves; requests whose set is
+not known yet (in-engine routing) count as cost 0.
+How: the running batch's core is the intersection of its requests' omitted sets (with
+nothing running, the oldest waiting request's set); a waiting request's cost is the
+number of core layers its set keeps. Off by default: it trades per-request latency
+for throughput, and an offline batch that fits in one step gains nothing.
+Removable when: vLLM's scheduler takes a pluggable admission policy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from vllm_pudding.config import SET_ARG, from_hf_config
+from vllm_pudding.patches import wrap
+
+ENV = "PUDDING_ADMISSION"
+MAX_WAIT_ENV = "PUDDING_ADMISSION_MAX_WAIT_S"
+
+
+def apply() -> None:
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    wrap(Scheduler, "schedule", _wrap)
+
+
+def _wrap(original):
+    def schedule(self, *args, **kwargs):
+        policy = self.__dict__.get("_pudding_admission")
+        if policy is None:
+            policy = self._pudding_admission = _policy(self)
+        if policy and len(self.waiting) > 1:
+            _reorder(self.waiting, self.running, *policy)
+        return original(self, *args, **kwargs)
+
+    return schedule
+
+
+def _policy(scheduler) -> tuple | bool:
+    """(omitted sets, max wait) when enabled for a PuDDing model with FCFS; else False."""
+    from collections import deque
+
+    if os.environ.get(ENV, "fcfs") != "omission" or not isinstance(scheduler.waiting, deque):
+        return False
+    pool = from_hf_config(scheduler.vllm_config.model_config.hf_config)
+    if pool is None:
+        return False
+    return ([frozenset(s) for s in pool.omission_sets],
+            float(os.environ.get(MAX_WAIT_ENV, "10")))
+
+
+def request_set(request) -> int | None:
+    extra = getattr(request.sampling_params, "extra_args", None) or {}
+    value = extra.get(SET_ARG)
+    return None if value is None else int(value)
+
+
+def admission_order(waiting: list, running: list, omitted: list[frozenset], max_wait_s: float,
+                    now: float) -> list:
+    """`waiting` sorted by (not aged, core layers its set keeps, arrival position)."""
+    core = None
+    for req in running:
+        s = request_set(req)
+        if s is not None:
+            core = omitted[s] if core is None else core & omitted[s]
+    if core is None:
+        first = next((request_set(r) for r in waiting if request_set(r) is not None), None)
+        core = omitted[first] if first is not None else frozenset()
+
+    def key(item):
+        pos, req = item
+        s = request_set(req)
+        aged = now - req.arrival_time > max_wait_s
+        cost = 0 if s is None else len(core - omitted[s])
+        return (not aged, cost, pos)
+
+    return [req for _, req in sorted(enumerate(waiting), key=key)]
+
+
+def _reorder(queue, running, omitted, max_wait_s) -> None:
+    ordered = admission_order(list(queue), running, omitted, max_wait_s, time.time())
+    queue.clear()
+    queue.extend(ordered)
