@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -151,3 +152,23 @@ def tiny_server_args(served_name: str) -> list[str]:
     return ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
             "--max-num-batched-tokens", str(CHUNK_BUDGET), "--kv-cache-memory-bytes",
             str(KV_BYTES), "--served-model-name", served_name, "--seed", "0"]
+
+
+@contextmanager
+def tiny_server(model_dir, tmp_path_factory, name: str, extra_args=()):
+    """`vllm serve model_dir` with tiny_server_args (served as `name`), stopped on exit."""
+    log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
+    srv = VllmServer(model_dir, log, tiny_server_args(name) + list(extra_args))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def greedy_completion(server, name: str, prompt, max_tokens: int, **extra):
+    """POST a greedy /v1/completions request (token ids returned); asserts HTTP 200."""
+    body = {"model": name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+            "ignore_eos": True, "return_token_ids": True, **extra}
+    resp = server.post("/v1/completions", body)
+    assert resp.status_code == 200, resp.text[:2000]
+    return resp

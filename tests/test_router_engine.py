@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_SETS
 from engines import CHUNK_BUDGET, engine, greedy
 from router_utils import FILLER_HELD, planted_texts, train_planted_router
-from server_utils import VllmServer, tiny_server_args
+from server_utils import greedy_completion, tiny_server
 
 MAX_TOKENS = 8
 
@@ -128,26 +128,18 @@ def test_missing_router_fails_at_start_naming_the_file(routed_dir, tmp_path):
 @pytest.fixture(scope="module")
 def routed_server(routed_dir, routed_llm, tmp_path_factory):
     """Started after the offline tests' engine is used (module order), 2-core machines."""
-    log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    srv = VllmServer(routed_dir, log, tiny_server_args("routed"))
-    try:
+    with tiny_server(routed_dir, tmp_path_factory, "routed") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_server_routes_and_reports_sets(routed_server, routed_llm, prompts):
     texts, truth = prompts
-    body = {"model": "routed", "prompt": texts, "max_tokens": MAX_TOKENS, "temperature": 0.0,
-            "ignore_eos": True, "return_token_ids": True}
-    resp = routed_server.post("/v1/completions", body)
-    assert resp.status_code == 200, resp.text[:2000]
-    data = resp.json()
+    data = greedy_completion(routed_server, "routed", texts, MAX_TOKENS).json()
     assert data["pudding_sets"] == truth and all(data["pudding_routed"])
     offline = routed_llm.generate(texts, [greedy(MAX_TOKENS, set_id=s) for s in truth],
                                   use_tqdm=False)
     by_index = {c["index"]: c["token_ids"] for c in data["choices"]}
     assert [by_index[i] for i in range(len(texts))] == [_tokens(o) for o in offline]
-    pinned = routed_server.post("/v1/completions", {**body, "prompt": texts[0],
-                                                    "vllm_xargs": {"pudding_set": 2}})
+    pinned = greedy_completion(routed_server, "routed", texts[0], MAX_TOKENS,
+                               vllm_xargs={"pudding_set": 2})
     assert pinned.json()["pudding_sets"] == [2] and pinned.json()["pudding_routed"] == [False]

@@ -11,7 +11,7 @@ import pytest
 
 from engines import CHUNK_BUDGET, engine, greedy
 from router_utils import FILLER_HELD, planted_texts, train_planted_hidden_router
-from server_utils import VllmServer, tiny_server_args
+from server_utils import greedy_completion, tiny_server
 
 MAX_TOKENS = 8
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the tiny model has none
@@ -133,21 +133,14 @@ def test_route_request_without_hidden_router_is_rejected(pudding_llm):
 
 @pytest.fixture(scope="module")
 def hidden_server(hidden_dir, llm, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    srv = VllmServer(hidden_dir, log, tiny_server_args("hidden")
-                     + ["--chat-template", CHAT_TEMPLATE])
-    try:
+    with tiny_server(hidden_dir, tmp_path_factory, "hidden",
+                     ["--chat-template", CHAT_TEMPLATE]) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_server_reports_in_engine_sets(hidden_server, llm, prompts):
     texts, expected = prompts
-    body = {"model": "hidden", "prompt": texts, "max_tokens": MAX_TOKENS, "temperature": 0.0,
-            "ignore_eos": True, "return_token_ids": True}
-    resp = hidden_server.post("/v1/completions", body)
-    assert resp.status_code == 200, resp.text[:2000]
+    resp = greedy_completion(hidden_server, "hidden", texts, MAX_TOKENS)
     data = resp.json()
     assert data["pudding_sets"] == expected and all(data["pudding_routed"])
     assert "_pudding_set" not in resp.text
@@ -161,10 +154,7 @@ def test_streamed_completion_chunks_carry_the_set(hidden_server, prompts):
     import json
 
     texts, expected = prompts
-    body = {"model": "hidden", "prompt": texts, "max_tokens": 4, "temperature": 0.0,
-            "ignore_eos": True, "stream": True}
-    resp = hidden_server.post("/v1/completions", body)
-    assert resp.status_code == 200, resp.text[:2000]
+    resp = greedy_completion(hidden_server, "hidden", texts, 4, stream=True)
     seen = {}
     for line in resp.text.splitlines():
         if line.startswith("data: {"):
