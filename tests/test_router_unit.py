@@ -188,3 +188,22 @@ def test_omission_admission_orders_by_shared_core_and_ages():
     # nothing running: the oldest request's set anchors the batch
     names = [r.name for r in admission_order(waiting[1:], [], omitted, 10.0, now=100.0)]
     assert names == ["near", "unknown", "same", "half"]
+
+
+@pytest.mark.parametrize("kind", ["text", "hidden"])
+def test_feature_cache_key_of_training_equals_installed_routers(tmp_path, kind):
+    """Router training and the tools that reload its router (validation report, serving
+    pools) must name the same feature table, or they silently recompute it."""
+    from vllm_pudding.router.features import feature_key, spec_feature_key
+    from vllm_pudding.router.spec import RouterSpec
+
+    prefix = 2 if kind == "hidden" else None
+    pooling = "mean_last" if kind == "hidden" else "mean"
+    spec = RouterSpec(kind=kind, omission_sets=[[1], [2]], feature_dim=8, head_hidden=4,
+                      encoder="enc" if kind == "text" else None, prefix_layers=prefix,
+                      pooling=pooling, target="choice_logprob", objective="mse")
+    trained = feature_key(kind=kind, max_tokens=128, pooling=pooling, prefix_layers=prefix,
+                          model_dir=tmp_path, split="train")
+    assert spec_feature_key(spec, tmp_path, "train") == trained
+    assert spec_feature_key(spec, tmp_path, "validation") != trained
+    assert spec_feature_key(spec, tmp_path, "train", chat=True) != trained

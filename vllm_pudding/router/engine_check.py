@@ -44,7 +44,7 @@ def offline_sets(pdir: Path, texts: dict[str, list[str]]) -> dict[str, list[int]
     pool = load_pudding_dir(pdir)
     rdir = pdir / pool.router.path
     router = Router(rdir, load_spec(rdir, pool.omission_sets), base_model(pdir))
-    return route_cached(router, "hidden", texts)
+    return route_cached(router, texts)
 
 
 def engine_sets(llm, texts: list[str], sets: list[int] | None = None) -> tuple[list[int], float]:

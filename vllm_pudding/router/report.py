@@ -73,16 +73,13 @@ def validation_texts(tasks: list[str], n: int, seed: int, doc_ids: dict[str, lis
     return out
 
 
-def route_cached(router, kind: str, texts: dict[str, list[str]],
-                 extra_key: dict | None = None) -> dict[str, list[int]]:
+def route_cached(router, texts: dict[str, list[str]], chat: bool = False) -> dict[str, list[int]]:
     """Routes every text; encoder features are cached on disk (re-runs cost the head only)."""
     import torch
 
-    from vllm_pudding.router.features import cached_features
+    from vllm_pudding.router.features import cached_features, spec_feature_key
 
-    spec = router.spec
-    key = {"kind": kind, "max_tokens": spec.max_tokens, "pooling": spec.pooling,
-           "prefix_layers": spec.prefix_layers, "split": "validation", **(extra_key or {})}
+    key = spec_feature_key(router.spec, router.model_dir, "validation", chat)
     out = {}
     for t, tx in texts.items():
         with torch.no_grad():
@@ -145,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         rdir = Path(args.routers) / kind
         spec = load_spec(rdir, pool.omission_sets, check_encoder=False)
         router = Router(rdir, spec, base, default_encoder_dir() if kind == "text" else None)
-        choice = route_cached(router, kind, texts)
+        choice = route_cached(router, texts)
         t0 = time.perf_counter()
         sample = [x for t in tasks for x in texts[t][:20]]
         router.route(sample)  # timing: one batched call, as the front end makes
@@ -159,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
             chat = chat_texts(texts, AutoTokenizer.from_pretrained(str(base)))
             rows.append(routed_run(f"{label}, chat prompts", runs,
-                                   route_cached(router, kind, chat, {"chat": True})))
+                                   route_cached(router, chat, chat=True)))
         n_total = sum(len(v) for v in texts.values())
         extra[label] = {"agreement_with_oracle_best": agreement(runs, choice, spec.target),
                         "set_histogram": {t: np.bincount(c, minlength=len(pool.omission_sets)).tolist()

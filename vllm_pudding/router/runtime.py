@@ -36,7 +36,7 @@ class Router:
                  encoder_dir: Path | None = None):
         from safetensors.torch import load_file
 
-        self.spec, self.stats = spec, RouterStats()
+        self.spec, self.stats, self.model_dir = spec, RouterStats(), model_dir
         self.head = RouterHead(spec.feature_dim, len(spec.omission_sets), spec.head_hidden)
         try:
             self.head.load_state_dict(load_file(str(router_dir / HEAD_FILE)))

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from vllm_pudding.artifact import base_model, load_pudding_dir
-    from vllm_pudding.router.features import cached_features, make_encoder
+    from vllm_pudding.router.features import cached_features, feature_key, make_encoder
     from vllm_pudding.router.hidden import common_prefix
     from vllm_pudding.router.install import install_router, save_router
     from vllm_pudding.router.spec import RouterSpec
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = kind_cfg[kind]
         t0 = time.perf_counter()
         enc = make_encoder(kind, model_dir=base, max_tokens=args.max_tokens, **cfg)
-        key = {"kind": kind, "max_tokens": args.max_tokens, **cfg,
-               "source": str(base) if kind == "hidden" else "minilm-l6"}
+        key = feature_key(kind=kind, max_tokens=args.max_tokens, pooling=cfg["pooling"],
+                          prefix_layers=cfg.get("prefix_layers"), model_dir=base, split="train")
         feats = {t: cached_features(enc, texts[t], key) for t in tables}
         print(f"{kind}: features {next(iter(feats.values())).shape[1]}-d in "
               f"{time.perf_counter() - t0:.0f}s", flush=True)

@@ -99,7 +99,7 @@ def build_serving_dir(pdir: Path, ids: tuple, out: Path) -> Path:
 def held_out_scores(pdir: Path, labels: list[Path]):
     """(router, held-out Rows, router scores of the held-out rows) as router training saw them."""
     from vllm_pudding.artifact import base_model, load_pudding_dir
-    from vllm_pudding.router.features import cached_features
+    from vllm_pudding.router.features import cached_features, spec_feature_key
     from vllm_pudding.router.labels import load_tables
     from vllm_pudding.router.runtime import Router
     from vllm_pudding.router.spec import load_spec
@@ -111,9 +111,7 @@ def held_out_scores(pdir: Path, labels: list[Path]):
     router = Router(rdir, spec, base_model(pdir))
     tables = load_tables(labels, len(pool.omission_sets))
     texts = train_texts(tables)
-    key = {"kind": spec.kind, "max_tokens": spec.max_tokens, "pooling": spec.pooling,
-           **({"prefix_layers": spec.prefix_layers} if spec.kind == "hidden" else {}),
-           "source": str(base_model(pdir)) if spec.kind == "hidden" else "minilm-l6"}
+    key = spec_feature_key(spec, base_model(pdir), "train")
     feats = {t: cached_features(router.encode, texts[t], key) for t in tables}
     held = Rows(tables, feats, split_rows(tables, 0.2), 1)
     with torch.no_grad():
@@ -123,16 +121,14 @@ def held_out_scores(pdir: Path, labels: list[Path]):
 
 def validation_scores(router, runs, meta) -> tuple[dict, dict]:
     """Per task: router scores of the validation texts, and the texts' task order."""
-    from vllm_pudding.router.features import cached_features
+    from vllm_pudding.router.features import cached_features, spec_feature_key
     from vllm_pudding.router.report import validation_texts
 
     set_runs = [r for r in runs if r.label.startswith("set")]
     tasks = list(set_runs[0].examples)
     texts = validation_texts(tasks, meta.get("n", 1000), meta.get("seed", 0),
                              {t: [e.doc_id for e in set_runs[0].examples[t]] for t in tasks})
-    spec = router.spec
-    key = {"kind": spec.kind, "max_tokens": spec.max_tokens, "pooling": spec.pooling,
-           "prefix_layers": spec.prefix_layers, "split": "validation"}
+    key = spec_feature_key(router.spec, router.model_dir, "validation")
     with torch.no_grad():
         return {t: router.head(cached_features(router.encode, texts[t], key)) for t in tasks}
 
