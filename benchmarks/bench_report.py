@@ -36,7 +36,7 @@ Writes `--out` (JSON) and the same path with `.md` (markdown tables). The JSON h
 load average at the end), `settings`, `pool` (omission sets, provisional flag, k, L),
 `workloads` (sizes), `reps`, `seed`, `quick`; `protocol`, `latency`, `serving` (each
 `times_s[case][config]` per repetition and `ratios` with median/min/max; latency adds
-`ms`, serving adds `tokens` and `throughput`); `kv_tokens`; `weights` (bytes per
+`ms`, serving adds `tokens` and `throughput`); `kv_tokens`, `kv_block_size`; `weights` (bytes per
 engine, fraction of dense, decoder-layer bytes, shared-core savings); `mixed_decode`
 (measured ratios and the bounds L/union and (L-k)/union); `router` (figures or a
 `skipped` reason).
@@ -205,6 +205,7 @@ def run(args) -> dict:
         "latency": measure_latency(engines, cfg, lat_cases, args.reps),
         "serving": measure_serving(engines, cfg, setup, args),
         "kv_tokens": {name: kv_tokens(llm) for name, llm in engines.items()},
+        "kv_block_size": engines["dense"].llm_engine.vllm_config.cache_config.block_size,
         "weights": weights_report(engines, setup.pool.k, len(setup.pool.omitted_by_all())),
     }
     result["mixed_decode"] = mixed_decode(result, union)

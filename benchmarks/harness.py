@@ -77,7 +77,7 @@ def configs(num_sets: int) -> dict[str, tuple[str, Callable[[int], list]]]:
     }
 
 
-def timed(llm, prompts, max_tokens: int, set_ids) -> float:
+def _requests(prompts, max_tokens: int, set_ids) -> tuple[list, list]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -85,10 +85,58 @@ def timed(llm, prompts, max_tokens: int, set_ids) -> float:
                              detokenize=False,
                              extra_args=None if s is None else {"pudding_set": s})
               for s in set_ids]
-    inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    return [TokensPrompt(prompt_token_ids=p) for p in prompts], params
+
+
+def timed(llm, prompts, max_tokens: int, set_ids) -> float:
+    inputs, params = _requests(prompts, max_tokens, set_ids)
     start = time.perf_counter()
     llm.generate(inputs, params, use_tqdm=False)
     return time.perf_counter() - start
+
+
+class Drive(NamedTuple):
+    """One batch of requests stepped to completion by hand (what `LLM.generate` does)."""
+    seconds: float
+    finish_s: list[float]
+    """Per request, in submission order: seconds from the batch's start to its end."""
+    running: list[int]
+    """The scheduler's running-request count after each step (engines need log stats)."""
+
+
+def drive(llm, prompts, max_tokens: int, set_ids) -> Drive:
+    """Submit every request at once, step the engine, record who ends when.
+
+    Why not `LLM.generate`: it returns only at the end, so per-request latency and the
+    scheduler's concurrency (`SchedulerStats.num_running_reqs`, present only when the
+    engine was made with `disable_log_stats=False`) need the step loop itself.
+    """
+    engine, running = llm.llm_engine, []
+    client = engine.engine_core
+    get_output = client.get_output
+
+    def spy():
+        out = get_output()
+        if out.scheduler_stats is not None:
+            running.append(out.scheduler_stats.num_running_reqs)
+        return out
+
+    inputs, params = _requests(prompts, max_tokens, set_ids)
+    client.get_output = spy
+    try:
+        start = time.perf_counter()
+        ids = [f"drive-{start}-{i}" for i in range(len(inputs))]
+        for rid, p, sp in zip(ids, inputs, params):
+            engine.add_request(rid, p, sp)  # outputs carry this id (vLLM suffixes its own)
+        finish = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    finish[out.request_id] = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+    finally:
+        del client.get_output
+    return Drive(seconds, [finish[i] for i in ids], running)
 
 
 def kv_tokens(llm) -> int:
