@@ -185,6 +185,11 @@ def test_omission_admission_orders_by_shared_core_and_ages():
     waiting[0] = req("far", 2, age=11.0)  # waited too long: first, whatever its set
     names = [r.name for r in admission_order(waiting, running, omitted, 10.0, now=100.0)]
     assert names[0] == "far"
+    # aged requests among themselves: arrival order, never the cheaper set first (a
+    # stream of cheap aged requests must not starve an expensive one)
+    aged = [req("far", 2, age=12.0), req("half", 3, age=11.0), req("near", 1)]
+    names = [r.name for r in admission_order(aged, running, omitted, 10.0, now=100.0)]
+    assert names == ["far", "half", "near"]
     # nothing running: the oldest request's set anchors the batch
     names = [r.name for r in admission_order(waiting[1:], [], omitted, 10.0, now=100.0)]
     assert names == ["near", "unknown", "same", "half"]

@@ -8,8 +8,9 @@ is saturated (more requests than `max_num_seqs`), which waiting request fills a 
 slot is free to choose: filling it with a request whose set shares the running
 requests' omitted layers keeps the step's union of kept layers small without
 shrinking the batch. Requests that waited longer than `PUDDING_ADMISSION_MAX_WAIT_S`
-(default 10 s) go first whatever their set, so no set starves; requests whose set is
-not known yet (in-engine routing) count as cost 0.
+(default 10 s) go first in arrival order whatever their set, so no set starves (an
+aged request waits only for older ones); requests whose set is not known yet
+(in-engine routing) count as cost 0.
 How: the running batch's core is the intersection of its requests' omitted sets (with
 nothing running, the oldest waiting request's set); a waiting request's cost is the
 number of core layers its set keeps. Off by default: it trades per-request latency
@@ -68,7 +69,8 @@ def request_set(request) -> int | None:
 
 def admission_order(waiting: list, running: list, omitted: list[frozenset], max_wait_s: float,
                     now: float) -> list:
-    """`waiting` sorted by (not aged, core layers its set keeps, arrival position)."""
+    """`waiting` sorted: aged requests first, in arrival order; then the rest by (core
+    layers its set keeps, arrival position)."""
     core = None
     for req in running:
         s = request_set(req)
@@ -82,8 +84,9 @@ def admission_order(waiting: list, running: list, omitted: list[frozenset], max_
         pos, req = item
         s = request_set(req)
         aged = now - req.arrival_time > max_wait_s
-        cost = 0 if s is None else len(core - omitted[s])
-        return (not aged, cost, pos)
+        if aged:  # whatever its set: a request's wait is bounded by those older than it
+            return (0, 0, pos)
+        return (1, 0 if s is None else len(core - omitted[s]), pos)
 
     return [req for _, req in sorted(enumerate(waiting), key=key)]
 
