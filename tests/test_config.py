@@ -71,3 +71,32 @@ def test_pudding_dir_roundtrip_and_malformed_file(tiny_base, tmp_path):
 def test_pool_must_fit_model(tiny_base, tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         build_pudding_dir(tiny_base, PuddingConfig(omission_sets=[[7]]), tmp_path / "p")
+
+
+@pytest.mark.parametrize("eager, asked, want", [(False, None, False), (False, True, True),
+                                                (True, True, False), (False, False, False)])
+def test_layer_compile_is_opt_in_and_never_eager(eager, asked, want):
+    """Layer bodies compile only when asked and the user did not ask for eager mode;
+    the choice is resolved once (the config hook runs again after eager is forced)."""
+    from types import SimpleNamespace
+
+    from vllm_pudding import layer_compile
+
+    extra = {} if asked is None else {layer_compile.CONFIG_KEY: asked}
+    cfg = SimpleNamespace(additional_config=extra,
+                          model_config=SimpleNamespace(enforce_eager=eager))
+    layer_compile.resolve(cfg)
+    cfg.model_config.enforce_eager = True  # what engine_config does next
+    layer_compile.resolve(cfg)
+    assert layer_compile.requested(cfg) is want
+
+
+def test_layer_compile_flag_must_be_bool():
+    from types import SimpleNamespace
+
+    from vllm_pudding import layer_compile
+
+    cfg = SimpleNamespace(additional_config={layer_compile.CONFIG_KEY: "yes"},
+                          model_config=SimpleNamespace(enforce_eager=False))
+    with pytest.raises(ValueError, match="pudding_compile_layers"):
+        layer_compile.resolve(cfg)

@@ -9,7 +9,7 @@ prefill budget, so steps mix prefill chunks with decodes).
 
 import pytest
 
-from conftest import TINY_SETS
+from conftest import TINY_LAYERS, TINY_SETS
 from engines import CHUNK_BUDGET, engine, greedy, token_prompts, tokens_and_logprobs
 
 LENGTHS = [5, 9, 17, 33, 150, 3]  # 150 > CHUNK_BUDGET: chunked prefill
@@ -98,3 +98,40 @@ def test_prefix_cache_never_crosses_sets(pudding_llm, static_refs, prompts):
     for s in (1, 2, 1):
         out = pudding_llm.generate([prompts[4]], greedy(MAX_TOKENS, s), use_tqdm=False)[0]
         assert_matches(tokens_and_logprobs(out), static_refs[s, 4], f"cached set {s}")
+
+
+@pytest.fixture(scope="module")
+def compiled_llm(tiny_pudding):
+    """PuDDing with pudding_compile_layers: each kept layer's body runs through torch.compile."""
+    with engine(tiny_pudding, enforce_eager=False,
+                additional_config={"pudding_compile_layers": True}) as llm:
+        yield llm
+
+
+def _compiled_layers(model):
+    import torch
+
+    from vllm_pudding.layer_compile import CompiledForward
+
+    wrapped = [layer.forward for layer in model.model.layers
+               if isinstance(layer.forward, CompiledForward)]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    return len(wrapped), sum(w.compiled is not None for w in wrapped), graphs
+
+
+def test_compiled_layers_mixed_batch_matches_static(compiled_llm, static_refs, prompts):
+    """The oracle holds with compiled layer bodies too, and compiled code really ran."""
+    jobs = [(i, s) for i in range(len(prompts)) for s in range(len(TINY_SETS))]
+    outs = compiled_llm.generate([prompts[i] for i, _ in jobs],
+                                 [greedy(MAX_TOKENS, s) for _, s in jobs], use_tqdm=False)
+    for (i, s), out in zip(jobs, outs):
+        assert_matches(tokens_and_logprobs(out), static_refs[s, i], f"compiled: set {s} prompt {i}")
+    wrapped, still_compiled, graphs = compiled_llm.apply_model(_compiled_layers)[0]
+    built = sum(1 for layer in range(TINY_LAYERS) if not all(layer in s for s in TINY_SETS))
+    assert wrapped == still_compiled == built, (wrapped, still_compiled, built)
+    assert graphs >= built, graphs  # every layer compiled its own graph, none fell back
+
+
+def test_eager_engines_compile_nothing(pudding_llm):
+    wrapped, _, _ = pudding_llm.apply_model(_compiled_layers)[0]
+    assert wrapped == 0

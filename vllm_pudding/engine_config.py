@@ -3,7 +3,8 @@
 `MODELS_CONFIG_MAP[arch].verify_and_update_config` runs while vLLM builds its
 config, in the front-end process, before any engine or worker starts: the place
 to reject a malformed pool early and to turn off what the per-row layer loop
-cannot support (torch.compile and CUDA graphs replay one fixed structure).
+cannot support (vLLM's whole-model torch.compile and CUDA graphs replay one fixed
+structure; `layer_compile` compiles each layer's body instead, when asked).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 
 from vllm.logger import init_logger
 
+from vllm_pudding import layer_compile
 from vllm_pudding.config import from_hf_config
 
 logger = init_logger(__name__)
@@ -41,9 +43,11 @@ class PuddingEngineConfig:
             )
         if vllm_config.parallel_config.pipeline_parallel_size > 1:
             raise ValueError("vllm-pudding does not support pipeline parallelism")
+        layer_compile.resolve(vllm_config)
         if not model_config.enforce_eager:
-            logger.info("vllm-pudding: enforce_eager=True (the per-request layer loop "
-                        "cannot be captured by torch.compile or CUDA graphs)")
+            logger.info("vllm-pudding: enforce_eager=True for vLLM (the per-request layer "
+                        "loop cannot be captured by its whole-model compile or CUDA graphs; "
+                        "pudding_compile_layers compiles each layer's body instead)")
             model_config.enforce_eager = True
         logger.info("vllm-pudding: pool of %d sets, k=%d, default set %d%s",
                     len(pool.omission_sets), pool.k, pool.default_set,

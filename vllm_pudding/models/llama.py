@@ -5,7 +5,9 @@ layers, attention and weight mapping stay vLLM's. What changes:
 - layers that no candidate keeps are built as parameter-free placeholders (no
   weights loaded, no Attention module, hence no KV cache);
 - the layer loop runs each layer on the rows (requests) that keep it, using the
-  step plan that `vllm_pudding.depth` builds from the runner's batch.
+  step plan that `vllm_pudding.depth` builds from the runner's batch;
+- unless the user asked for eager mode, each kept layer's body is compiled
+  (`vllm_pudding.layer_compile`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from vllm.model_executor.models.llama import (
     LlamaModel,
 )
 
-from vllm_pudding import depth
+from vllm_pudding import depth, layer_compile
 from vllm_pudding.config import from_hf_config
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
@@ -97,7 +99,11 @@ class PuddingLlamaForCausalLM(LlamaForCausalLM):
                          layer_type=_layer_factory(self.omitted_layers))
 
     def _init_model(self, vllm_config: VllmConfig, prefix: str = "", layer_type=LlamaDecoderLayer):
-        return PuddingLlamaModel(vllm_config=vllm_config, prefix=prefix, layer_type=layer_type)
+        model = PuddingLlamaModel(vllm_config=vllm_config, prefix=prefix, layer_type=layer_type)
+        if layer_compile.requested(vllm_config):
+            layer_compile.compile_layers(model.layers, LlamaDecoderLayer,
+                                         vllm_config.device_config.device_type)
+        return model
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         kept = ((name, w) for name, w in weights
