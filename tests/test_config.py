@@ -73,17 +73,20 @@ def test_pool_must_fit_model(tiny_base, tmp_path):
         build_pudding_dir(tiny_base, PuddingConfig(omission_sets=[[7]]), tmp_path / "p")
 
 
-@pytest.mark.parametrize("eager, asked, want", [(False, None, False), (False, True, True),
-                                                (True, True, False), (False, False, False)])
-def test_layer_compile_is_opt_in_and_never_eager(eager, asked, want):
-    """Layer bodies compile only when asked and the user did not ask for eager mode;
-    the choice is resolved once (the config hook runs again after eager is forced)."""
+@pytest.mark.parametrize("device, eager, asked, want", [
+    ("cpu", False, None, True), ("cuda", False, None, False), ("cuda", False, True, True),
+    ("cpu", True, True, False), ("cpu", False, False, False)])
+def test_layer_compile_default_on_cpu_never_eager(device, eager, asked, want):
+    """Layer bodies compile by default on CPU (measured there), elsewhere only when asked,
+    never in eager mode; the choice is resolved once (the config hook runs again after
+    eager is forced)."""
     from types import SimpleNamespace
 
     from vllm_pudding import layer_compile
 
     extra = {} if asked is None else {layer_compile.CONFIG_KEY: asked}
     cfg = SimpleNamespace(additional_config=extra,
+                          device_config=SimpleNamespace(device_type=device),
                           model_config=SimpleNamespace(enforce_eager=eager))
     layer_compile.resolve(cfg)
     cfg.model_config.enforce_eager = True  # what engine_config does next

@@ -102,9 +102,8 @@ def test_prefix_cache_never_crosses_sets(pudding_llm, static_refs, prompts):
 
 @pytest.fixture(scope="module")
 def compiled_llm(tiny_pudding):
-    """PuDDing with pudding_compile_layers: each kept layer's body runs through torch.compile."""
-    with engine(tiny_pudding, enforce_eager=False,
-                additional_config={"pudding_compile_layers": True}) as llm:
+    """PuDDing without enforce_eager (CPU default): each kept layer's body is compiled."""
+    with engine(tiny_pudding, enforce_eager=False) as llm:
         yield llm
 
 

@@ -8,13 +8,17 @@ which no single graph can hold, but each layer's body (norm, qkv, rotary, attent
 op, o_proj, norm, MLP) is the same code on every call: compiling that body gives the
 fusions back while `LayerRunner` keeps choosing rows.
 
-When: opt-in, `--additional-config '{"pudding_compile_layers": true}'` (or
-`LLM(..., additional_config={...})`), and never with `enforce_eager=True`. Not the
-default because it did not pay here: on the 2-core CPU, a batch-16 decode layer call
-ran 2.0 ms in inductor's code against 2.5 ms eager, but dynamo's guard check and
-wrappers added ~0.4 ms per call (cProfile), and the A/B benchmark's gain (prefill
-1.09x, decode 1.11x) lies inside its noise; on a GPU, where an eager layer launch
-costs tens of microseconds, that per-call overhead would be a loss without CUDA graphs.
+When: by default on CPU unless the user asked for eager mode (`enforce_eager=True` /
+`--enforce-eager`); elsewhere only when asked. `--additional-config
+'{"pudding_compile_layers": true|false}'` (or `LLM(..., additional_config={...})`)
+overrides the default; eager mode always wins. Measured on the 2-core CPU (bf16, 5
+alternated reps, benchmarks/results/dense_default.json): compiled over eager PuDDing,
+prefill 1.87x, decode 1.05x; that made PuDDing 1.24x (prefill) and 1.11x (decode)
+compiled dense vLLM, which eager PuDDing lost to. Decode gains little: a batch-16
+layer call runs 2.0 ms in inductor's code against 2.5 ms eager, but dynamo's guard
+check and wrappers add ~0.4 ms per call (cProfile). On a GPU without CUDA graphs that
+per-call overhead could outweigh the fusion, and it is unmeasured (no vLLM on the GPU
+machine), so it stays off there until measured.
 `engine_config` still forces `enforce_eager=True` on vLLM (its whole-model compile
 and CUDA graphs cannot capture the loop) after `resolve` has read the user's choice.
 Shapes: dynamo's automatic dynamic marks the token dimension dynamic after the first
@@ -43,12 +47,13 @@ CPU_INDUCTOR_OPTIONS = {"dce": True, "size_asserts": False, "nan_asserts": False
 
 
 def resolve(vllm_config) -> None:
-    """Front end, before eager mode is forced, once: compile iff the user asked for it
-    and did not ask for eager mode (the config hook may run again, after forcing)."""
+    """Front end, before eager mode is forced, once: compile iff asked (default: on CPU)
+    and the user did not ask for eager mode (the config hook may run again, after forcing)."""
     extra = vllm_config.additional_config
     if not isinstance(extra, dict) or RESOLVED_KEY in extra:
         return
-    asked = extra.get(CONFIG_KEY, False)
+    on_cpu = getattr(getattr(vllm_config, "device_config", None), "device_type", None) == "cpu"
+    asked = extra.get(CONFIG_KEY, on_cpu)
     if not isinstance(asked, bool):
         raise ValueError(f"additional_config {CONFIG_KEY!r} must be true or false, got {asked!r}")
     extra[RESOLVED_KEY] = asked and not vllm_config.model_config.enforce_eager
