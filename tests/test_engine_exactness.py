@@ -119,7 +119,9 @@ def _compiled_layers(model):
 
 
 def test_compiled_layers_mixed_batch_matches_static(compiled_llm, static_refs, prompts):
-    """The oracle holds with compiled layer bodies too, and compiled code really ran."""
+    """The oracle holds with compiled layer bodies too, and compiled code really ran;
+    every layer compiled at engine start (one graph for all batch sizes), none while serving."""
+    _, _, graphs_at_start = compiled_llm.apply_model(_compiled_layers)[0]
     jobs = [(i, s) for i in range(len(prompts)) for s in range(len(TINY_SETS))]
     outs = compiled_llm.generate([prompts[i] for i, _ in jobs],
                                  [greedy(MAX_TOKENS, s) for _, s in jobs], use_tqdm=False)
@@ -129,6 +131,7 @@ def test_compiled_layers_mixed_batch_matches_static(compiled_llm, static_refs, p
     built = sum(1 for layer in range(TINY_LAYERS) if not all(layer in s for s in TINY_SETS))
     assert wrapped == still_compiled == built, (wrapped, still_compiled, built)
     assert graphs >= built, graphs  # every layer compiled its own graph, none fell back
+    assert graphs == graphs_at_start, (graphs_at_start, graphs)
 
 
 def test_eager_engines_compile_nothing(pudding_llm):

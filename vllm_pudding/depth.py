@@ -486,7 +486,10 @@ class LayerRunner:
         from vllm.forward_context import get_forward_context
 
         self.plan = current_plan(get_forward_context().attn_metadata)
-        self.positions, self.hidden, self.residual = positions, hidden, None
+        # A copy made here (inference mode) has the same dispatch keys as the per-row
+        # `positions[tok]`; the runner's own buffer view does not, and compiled layers
+        # (layer_compile) would recompile for the difference.
+        self.positions, self.hidden, self.residual = positions.clone(), hidden, None
         self.kwargs = layer_kwargs
         self._owned = False  # hidden may be a runner buffer until a layer returns a new one
 

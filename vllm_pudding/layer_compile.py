@@ -21,8 +21,10 @@ per-call overhead could outweigh the fusion, and it is unmeasured (no vLLM on th
 machine), so it stays off there until measured.
 `engine_config` still forces `enforce_eager=True` on vLLM (its whole-model compile
 and CUDA graphs cannot capture the loop) after `resolve` has read the user's choice.
-Shapes: dynamo's automatic dynamic marks the token dimension dynamic after the first
-differing call; hidden sizes stay static. Each layer gets its own copy of the forward's
+Shapes: the token dimension is marked unbacked on every call, so one compile covers
+every batch size, 1 included (dynamo would otherwise specialise size 1, and a layer
+seen first whole and then on a row subset would compile again); hidden sizes stay
+static. `patches/compile_warmup.py` runs that one compile at engine start. Each layer gets its own copy of the forward's
 code object: dynamo keeps its compiled entries and its recompile limit (8) per code
 object, and every layer needs entries of its own (its attention layer name is a
 constant of the graph), so one shared code object would run out after a few layers.
@@ -83,6 +85,13 @@ def _own_code(method, tag: str):
     return types.MethodType(clone, method.__self__)
 
 
+def _mark_token_dim_dynamic(args) -> None:
+    """(positions, hidden, residual): one graph for any token count, 1 included."""
+    for t in args[:3]:
+        if isinstance(t, torch.Tensor) and t.dim():
+            torch._dynamo.decorators.mark_unbacked(t, 0)
+
+
 class CompiledForward:
     """A layer's forward through torch.compile, eager again if compiling ever fails."""
 
@@ -93,6 +102,7 @@ class CompiledForward:
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
             return self.eager(*args, **kwargs)
+        _mark_token_dim_dynamic(args)
         try:
             return self.compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as e:  # includes backend failures

@@ -19,6 +19,7 @@ PATCHES = (
     "auto_routing",  # the router picks a set for requests that name none; outputs say which
     "engine_routes",  # sets the in-engine (hidden) router decides reach the caller
     "omission_admission",  # opt-in: admit waiting requests that share the batch's omitted layers
+    "compile_warmup",  # compiled layers compile at engine start (CPU)
 )
 
 _applied = False
