@@ -13,8 +13,8 @@ When: by default on CPU unless the user asked for eager mode (`enforce_eager=Tru
 '{"pudding_compile_layers": true|false}'` (or `LLM(..., additional_config={...})`)
 overrides the default; eager mode always wins. Measured on the 2-core CPU (bf16, 5
 alternated reps, benchmarks/results/dense_default.json): compiled over eager PuDDing,
-prefill 1.87x, decode 1.05x; that made PuDDing 1.24x (prefill) and 1.11x (decode)
-compiled dense vLLM, which eager PuDDing lost to. Decode gains little: a batch-16
+prefill 1.31x, decode 1.18x; that made PuDDing 1.23x (prefill) and 1.13x (decode)
+compiled dense vLLM, which eager PuDDing lost to (0.82x / 0.95x). Decode gains little: a batch-16
 layer call runs 2.0 ms in inductor's code against 2.5 ms eager, but dynamo's guard
 check and wrappers add ~0.4 ms per call (cProfile). On a GPU without CUDA graphs that
 per-call overhead could outweigh the fusion, and it is unmeasured (no vLLM on the GPU
