@@ -85,7 +85,7 @@ def _own_code(method, tag: str):
     return types.MethodType(clone, method.__self__)
 
 
-def _mark_token_dim_dynamic(args) -> None:
+def _mark_token_dim_unbacked(args) -> None:
     """(positions, hidden, residual): one graph for any token count, 1 included."""
     for t in args[:3]:
         if isinstance(t, torch.Tensor) and t.dim():
@@ -102,7 +102,7 @@ class CompiledForward:
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
             return self.eager(*args, **kwargs)
-        _mark_token_dim_dynamic(args)
+        _mark_token_dim_unbacked(args)
         try:
             return self.compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as e:  # includes backend failures
