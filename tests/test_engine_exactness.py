@@ -108,30 +108,31 @@ def compiled_llm(tiny_pudding):
 
 
 def _compiled_layers(model):
-    import torch
+    """(wrapped layers, still compiled, compiled entries per wrapped layer)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
     from vllm_pudding.layer_compile import CompiledForward
 
     wrapped = [layer.forward for layer in model.model.layers
                if isinstance(layer.forward, CompiledForward)]
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    return len(wrapped), sum(w.compiled is not None for w in wrapped), graphs
+    entries = [len(_debug_get_cache_entry_list(w.eager.__func__.__code__)) for w in wrapped]
+    return len(wrapped), sum(w.compiled is not None for w in wrapped), entries
 
 
 def test_compiled_layers_mixed_batch_matches_static(compiled_llm, static_refs, prompts):
     """The oracle holds with compiled layer bodies too, and compiled code really ran;
-    every layer compiled at engine start (one graph for all batch sizes), none while serving."""
-    _, _, graphs_at_start = compiled_llm.apply_model(_compiled_layers)[0]
+    every layer compiled one graph at engine start (all batch sizes, whole batch or row
+    subset) and nothing compiles while serving."""
+    _, _, at_start = compiled_llm.apply_model(_compiled_layers)[0]
     jobs = [(i, s) for i in range(len(prompts)) for s in range(len(TINY_SETS))]
     outs = compiled_llm.generate([prompts[i] for i, _ in jobs],
                                  [greedy(MAX_TOKENS, s) for _, s in jobs], use_tqdm=False)
     for (i, s), out in zip(jobs, outs):
         assert_matches(tokens_and_logprobs(out), static_refs[s, i], f"compiled: set {s} prompt {i}")
-    wrapped, still_compiled, graphs = compiled_llm.apply_model(_compiled_layers)[0]
+    wrapped, still_compiled, entries = compiled_llm.apply_model(_compiled_layers)[0]
     built = sum(1 for layer in range(TINY_LAYERS) if not all(layer in s for s in TINY_SETS))
     assert wrapped == still_compiled == built, (wrapped, still_compiled, built)
-    assert graphs >= built, graphs  # every layer compiled its own graph, none fell back
-    assert graphs == graphs_at_start, (graphs_at_start, graphs)
+    assert at_start == entries == [1] * built, (at_start, entries)
 
 
 def test_eager_engines_compile_nothing(pudding_llm):

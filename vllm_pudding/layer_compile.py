@@ -85,6 +85,15 @@ def _own_code(method, tag: str):
     return types.MethodType(clone, method.__self__)
 
 
+def _residual_as_tensor(args) -> tuple:
+    """The first layer's residual None -> zeros: the fused add-norm of hidden + 0 is the
+    unfused first-layer step exactly (what `LayerRunner` already does for row subsets),
+    and a layer seen with both would otherwise compile two graphs."""
+    if len(args) >= 3 and args[2] is None:
+        return (*args[:2], torch.zeros_like(args[1]), *args[3:])
+    return args
+
+
 def _mark_token_dim_unbacked(args) -> None:
     """(positions, hidden, residual): one graph for any token count, 1 included."""
     for t in args[:3]:
@@ -102,6 +111,7 @@ class CompiledForward:
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
             return self.eager(*args, **kwargs)
+        args = _residual_as_tensor(args)
         _mark_token_dim_unbacked(args)
         try:
             return self.compiled(*args, **kwargs)
