@@ -6,8 +6,8 @@ layers, attention and weight mapping stay vLLM's. What changes:
   weights loaded, no Attention module, hence no KV cache);
 - the layer loop runs each layer on the rows (requests) that keep it, using the
   step plan that `vllm_pudding.depth` builds from the runner's batch;
-- unless the user asked for eager mode, each kept layer's body is compiled
-  (`vllm_pudding.layer_compile`).
+- each kept layer's body is compiled, by default on CPU unless the user asked
+  for eager mode, elsewhere when asked (`vllm_pudding.layer_compile`).
 """
 
 from __future__ import annotations
