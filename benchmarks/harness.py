@@ -168,6 +168,12 @@ def alternate(engines: dict, configs: dict, cases: dict, reps: int,
     return times
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, q in [0, 1]."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
