@@ -86,6 +86,52 @@ def test_engine_decides_like_the_head_and_runs_like_pinned(llm, prompts):
     assert all(o.kv_transfer_params is None for o in routed), "the private key must not leak"
 
 
+def test_routing_copies_indices_twice_and_never_in_the_layer_loop(llm, prompts):
+    """A routed step adds two host-to-device copies (the features' indices, the re-plan
+    once the sets are known) to the plan's one; the layer loop makes none."""
+    from vllm_pudding.depth import step_stats
+
+    texts, _ = prompts
+    before = llm.apply_model(step_stats)[0]
+    llm.generate(texts, greedy(MAX_TOKENS), use_tqdm=False)
+    after = llm.apply_model(step_stats)[0]
+    routing_steps = after["route_calls"] - before.get("route_calls", 0)
+    assert routing_steps >= 1
+    assert after["copies_route"] - before["copies_route"] == 2 * routing_steps
+    assert after["copies_plan"] - before["copies_plan"] == after["steps"] - before.get("steps", 0)
+    assert after["copies_in_layer_loop"] == 0
+
+
+def _first_rank_only_routes_as_trained(worker) -> int:
+    """Every tensor-parallel rank but the first gets a router that always picks set 0."""
+    import torch
+
+    from vllm_pudding import depth
+
+    if worker.rank != 0:
+        with torch.no_grad():
+            depth._state.router.head.mlp[-1].bias[0] += 1e6
+    return worker.rank
+
+
+def test_tensor_parallel_ranks_follow_the_first_ranks_decision(hidden_dir, llm, prompts,
+                                                               monkeypatch):
+    """TP=2: both ranks must run the same sets (else their collectives stop matching);
+    with rank 1's head skewed, sets and tokens still equal TP=1's, routed and pinned."""
+    texts, expected = prompts
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # auto-binding asserts here
+    with engine(hidden_dir, skip_tokenizer_init=False, tensor_parallel_size=2,
+                distributed_executor_backend="mp") as tp:
+        assert sorted(tp.collective_rpc(_first_rank_only_routes_as_trained)) == [0, 1]
+        routed = tp.generate(texts, greedy(MAX_TOKENS), use_tqdm=False)
+        pinned = tp.generate(texts, [greedy(MAX_TOKENS, set_id=s) for s in expected],
+                             use_tqdm=False)
+    one = llm.generate(texts, [greedy(MAX_TOKENS, set_id=s) for s in expected], use_tqdm=False)
+    assert [o.pudding_set for o in routed] == expected
+    assert [_tokens(o) for o in routed] == [_tokens(o) for o in pinned] == \
+        [_tokens(o) for o in one]
+
+
 def test_mixed_batch_routes_only_unpinned_and_explicit_wins(llm, prompts):
     texts, expected = prompts
     other = [(s + 1) % len(HIDDEN_SETS) for s in expected]

@@ -1,25 +1,27 @@
-"""Per-request depth inside one continuous batch: row masks, gather/scatter, sub-batch metadata.
+"""Per-request depth inside one continuous batch: the step plan and the layer loop.
 
 Why this shape: vLLM's V1 runner builds one attention metadata per step for all
-rows (requests). A layer must run only on the rows whose omission set keeps it,
-so for each distinct "rows that keep this layer" mask we build a sub-batch:
-the token indices of those rows, and attention metadata for exactly those rows
-(built by vLLM's own metadata builder from a row subset of the step's
-`CommonAttentionMetadata`). Layers sharing a mask share the sub-batch, so a
-step builds at most as many sub-batches as it has distinct masks.
+rows (requests). A layer must run only on the rows whose omission set keeps it, so
+the rows that keep a layer form a sub-batch (`sub_batch.py`: its tokens and
+attention metadata for exactly those rows, built by vLLM's own builder). Layers
+sharing a row mask share the sub-batch, so a step builds at most as many
+sub-batches as it has distinct masks, all before its forward, from one
+host-to-device copy (`transfer.py`).
 
 Data flow, one step:
   runner._build_attention_metadata  --patch-->  begin_step / record_group / end_step
-      -> StepPlan (row -> set id from each request's extra_args["pudding_set"])
+      -> StepPlan (row -> set id from each request's extra_args["pudding_set"];
+                   every SubBatch built)
   PuddingLlamaModel.forward -> LayerRunner.run(layer) -> plan.for_layer(idx)
       -> ALL (dense call) | NONE (skip) | SubBatch (gather, swap metadata, run, scatter)
 
-Only this module and `vllm_pudding.patches` touch vLLM's attention metadata.
+Only this module, `sub_batch.py` and `vllm_pudding.patches` touch vLLM's attention
+metadata.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import re
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -27,7 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vllm_pudding import transfer
 from vllm_pudding.config import ROUTE_ARG, SET_ARG, PuddingConfig
+from vllm_pudding.sub_batch import SubBatch, TableArena
 
 ALL = "all"
 NONE = "none"
@@ -50,6 +54,7 @@ class _State:
     stats: dict = {}
     router: Any = None  # router.in_engine.EngineRouter: decides unrouted rows mid-forward
     routes: dict = {}  # req id -> set decided in the worker, not yet handed to the scheduler
+    arena: TableArena = TableArena()  # the per-layer block tables of the current step
 
 
 _state = _State()
@@ -150,8 +155,10 @@ def _count_step(plan: "StepPlan") -> None:
 
 
 def step_stats(_model: Any = None) -> dict:
-    """Counters since the model was built in this worker (`LLM.apply_model(step_stats)`)."""
-    return dict(_state.stats)
+    """Counters since the model was built in this worker (`LLM.apply_model(step_stats)`),
+    with the plan's host-to-device copies (`copies_plan`, `copies_route`,
+    `copies_in_layer_loop`)."""
+    return {**_state.stats, **{f"copies_{k}": v for k, v in transfer.COPIES.items()}}
 
 
 @contextmanager
@@ -208,8 +215,6 @@ def _groups_by_layer(runner: Any, recorded: dict) -> dict[str, tuple[Any, Any]]:
                     "vllm-pudding: an attention group was built without build_metadata; "
                     "this vLLM build takes a path the depth plan does not support"
                 )
-            if group.kernel_block_size is not None:
-                raise NotImplementedError("vllm-pudding: kernel block sizes are not supported")
             for name in group.layer_names:
                 by_layer[name] = recorded[id(group)]
     return by_layer
@@ -217,191 +222,104 @@ def _groups_by_layer(runner: Any, recorded: dict) -> dict[str, tuple[Any, Any]]:
 
 # ---- model side ----
 
-@dataclasses.dataclass
-class SubBatch:
-    """Rows that run a layer: their tokens (None = every token) and attention metadata."""
-
-    token_index: torch.Tensor | None
-    rows: np.ndarray
-    plan: "StepPlan"
-    _metadata: dict = dataclasses.field(default_factory=dict)
-    _tables: dict = dataclasses.field(default_factory=dict)
-
-    @contextmanager
-    def attention_for(self, layer_name: str, layer_idx: int):
-        """Swaps this sub-batch's metadata and slot mapping in for one layer's call."""
-        from vllm.forward_context import get_forward_context
-
-        ctx = get_forward_context()
-        old_md, old_slots = ctx.attn_metadata[layer_name], ctx.slot_mapping.get(layer_name)
-        md, slots = self._layer_metadata(layer_name, layer_idx, old_md, old_slots)
-        ctx.attn_metadata[layer_name] = md
-        if slots is not None:
-            ctx.slot_mapping[layer_name] = slots
-        try:
-            yield
-        finally:
-            ctx.attn_metadata[layer_name] = old_md
-            if slots is not None:
-                ctx.slot_mapping[layer_name] = old_slots
-
-    def _layer_metadata(self, layer_name, layer_idx, step_md, step_slots):
-        group, cm = self.plan.groups[layer_name]
-        md, block_table, slots = self._base(group, cm, step_md, step_slots)
-        if self.plan.slot_offsets is None:
-            return md, slots
-        tables, all_slots = self._slot_tables(group, cm, block_table, slots)
-        new_slots = all_slots[layer_idx]
-        return _with_tables(self.plan.builder_for(group), md, tables[layer_idx],
-                            new_slots), new_slots
-
-    def _slot_tables(self, group, cm, block_table, slots):
-        """Every layer's block table and slot mapping for these rows, built once per step.
-
-        KV slots: layer l's pages of a row live `offset[row, l]` blocks further on. One
-        broadcast op for all layers costs less than a handful of small ops per layer
-        (the per-layer version cost ~6% of a decode step here).
-        """
-        key = ("slots", id(group))
-        if key not in self._tables:
-            offsets = np.ascontiguousarray(self.plan.slot_offsets[self.rows].T)  # [L, rows]
-            off = torch.from_numpy(offsets).to(block_table.device)
-            tables = block_table[None] + off.to(block_table.dtype)[:, :, None]
-            tok_off = off[:, self._token_rows(cm, off.device)] * group.kv_cache_spec.block_size
-            shifted = torch.where(slots[None] >= 0, slots[None] + tok_off.to(slots.dtype),
-                                  slots[None])
-            self._tables[key] = (tables, shifted)
-        return self._tables[key]
-
-    def _base(self, group, cm, step_md, step_slots):
-        """Metadata, block table and slot mapping of these rows (before slot offsets)."""
-        key = id(group)
-        if key not in self._metadata:
-            if self.token_index is None:
-                self._metadata[key] = (step_md, cm.block_table_tensor[: len(self.rows)],
-                                       cm.slot_mapping[: cm.num_actual_tokens])
-            else:
-                sub_cm = subset_metadata(cm, self.rows, self.token_index)
-                md = self.plan.builder_for(group).build(common_prefix_len=0,
-                                                        common_attn_metadata=sub_cm)
-                self._metadata[key] = (md, sub_cm.block_table_tensor, sub_cm.slot_mapping)
-        md, table, slots = self._metadata[key]
-        if step_slots is not None and self.plan.slot_offsets is None:
-            slots = step_slots if self.token_index is None else step_slots[self.token_index]
-        return md, table, slots
-
-    def _token_rows(self, cm, device) -> torch.Tensor:
-        """Position (within self.rows) of each of this sub-batch's tokens; once per step."""
-        if "token_rows" not in self._tables:
-            qsl = cm.query_start_loc_cpu
-            rows = torch.from_numpy(self.rows)
-            lens = qsl[rows + 1] - qsl[rows]
-            order = torch.arange(len(self.rows))
-            self._tables["token_rows"] = torch.repeat_interleave(order, lens).to(device)
-        return self._tables["token_rows"]
-
-
-def _with_tables(builder: Any, md: Any, block_table: torch.Tensor, slots: torch.Tensor):
-    """Backend metadata with another block table and slot mapping (same rows, same lens)."""
-    key = (type(builder), type(md))
-    how = _RETARGET.get(key)
-    if how is None:
-        how = _RETARGET[key] = _retarget_kind(builder, md)
-    if how == "builder":
-        return builder.update_block_table(md, block_table, slots)
-    return dataclasses.replace(md, block_table=block_table, slot_mapping=slots)
-
-
-_RETARGET: dict[tuple[type, type], str] = {}
-"""(builder type, metadata type) -> how to retarget; fields are looked up once."""
-
-
-def _retarget_kind(builder: Any, md: Any) -> str:
-    if getattr(builder, "supports_update_block_table", False):
-        return "builder"
-    fields = {f.name for f in dataclasses.fields(md)} if dataclasses.is_dataclass(md) else set()
-    if {"block_table", "slot_mapping"} <= fields:  # e.g. the CPU backend's metadata
-        return "replace"
-    raise NotImplementedError(f"vllm-pudding KV slots: cannot retarget {type(md).__name__}")
-
-
 class StepPlan:
-    """Which rows run which layer in this step; sub-batches cached by row mask."""
+    """Which rows run which layer in this step, every sub-batch prepared up front.
 
-    _builders: dict = {}
+    One SubBatch per (row mask, attention group); all of them are built when the plan is
+    made (the runner's metadata build, before the forward), from one host-to-device copy.
+    A step with rows the in-engine router must decide is planned up to the routing layer;
+    `route` plans the rest once the sets are known.
+    """
 
     def __init__(self, attn_metadata: dict, row_sets: np.ndarray,
                  groups: dict[str, tuple[Any, Any]], kept: np.ndarray,
                  slot_offsets: np.ndarray | None = None, pending: list | None = None):
         self.attn_metadata = attn_metadata
-        self.row_sets = row_sets
         self.groups = groups
-        self.row_kept = kept[row_sets]  # [num_reqs, num_layers]
-        self.slot_offsets = slot_offsets  # [num_reqs, num_layers] or None
+        self.kept = kept
         self.pending = pending or []  # (row, CachedRequestState) for the in-engine router
         any_group = next(iter(groups.values()))[1]
         self.query_start_loc = any_group.query_start_loc_cpu.numpy()
         self.device = any_group.query_start_loc.device
-        self._by_mask: dict[bytes, Any] = {}
+        self.layer_names = {layer_index(name): name for name in groups}
+        last = route_after() if self.pending else None
+        self._layers: dict[int, Any] = {}
+        self._plan(row_sets, slot_offsets, range(0, (last + 1) if last is not None else
+                                                len(kept[0])), "plan")
+
+    def _plan(self, row_sets: np.ndarray, slot_offsets: np.ndarray | None, layers: range,
+              purpose: str) -> None:
+        self.row_sets = row_sets
+        self.row_kept = self.kept[row_sets]  # [num_reqs, num_layers]
+        self.slot_offsets = slot_offsets  # [num_reqs, num_layers] or None
+        subs = self._sub_batches([l for l in layers if l in self.layer_names])
+        arrays = [a for sub in subs for a in sub.host_arrays(self.query_start_loc, slot_offsets)]
+        device_arrays = iter(transfer.to_device(arrays, self.device, purpose))
+        _state.arena.reset()
+        for sub in subs:
+            sub.finish(self, device_arrays, _state.arena)
+
+    def _sub_batches(self, layers: list[int]) -> list[SubBatch]:
+        """Assigns ALL, NONE or a SubBatch to each layer; returns the sub-batches to build."""
+        by_key: dict[tuple, list[int]] = {}
+        for idx in layers:
+            mask = self.row_kept[:, idx]
+            group = self.groups[self.layer_names[idx]][0]
+            by_key.setdefault((mask.tobytes(), id(group)), []).append(idx)
+        subs = []
+        for idxs in by_key.values():
+            mask = self.row_kept[:, idxs[0]]
+            if not mask.any() or (mask.all() and self.slot_offsets is None):
+                entry = NONE if not mask.any() else ALL
+            else:
+                entry = SubBatch(np.flatnonzero(mask), idxs,
+                                 [self.layer_names[i] for i in idxs], whole=bool(mask.all()))
+                subs.append(entry)
+            self._layers.update({i: entry for i in idxs})
+        return subs
 
     def route(self, states: torch.Tensor) -> None:
-        """Decides the pending rows from `states` (the residual stream) and re-plans.
+        """Decides the pending rows from `states` (the residual stream) and plans the rest.
 
         Called once, right after the last layer every set keeps; later layers of this
         step, and every later step of these requests, follow the decided sets.
         """
         start = time.perf_counter()
         rows = np.array([row for row, _ in self.pending], dtype=np.int64)
-        sets = _state.router.decide(states, self.query_start_loc, rows)
+        sets = share_decision(_state.router.decide(states, self.query_start_loc, rows))
         for (_, req), set_id in zip(self.pending, sets):
             setattr(req, DECIDED_ATTR, set_id)
             _state.routes[req.req_id] = set_id
         _state.stats["routed_rows"] = _state.stats.get("routed_rows", 0) + len(rows)
-        self.row_sets = self.row_sets.copy()
-        self.row_sets[rows] = sets
-        self.row_kept = _state.kept[self.row_sets]
-        self.slot_offsets = _slot_offsets(self.row_sets)
+        row_sets = self.row_sets.copy()
+        row_sets[rows] = sets
         self.pending = []
-        self._by_mask = {}  # sub-batches of the shared prefix layers are done with
+        self._plan(row_sets, _slot_offsets(row_sets),
+                   range(_state.router.route_after + 1, len(self.kept[0])), "route")
         stats = _state.stats
         stats["route_calls"] = stats.get("route_calls", 0) + 1
         stats["route_seconds"] = stats.get("route_seconds", 0.0) + time.perf_counter() - start
 
     def for_layer(self, idx: int):
-        """ALL (stock call), NONE (skip) or the SubBatch of rows that keep layer idx."""
-        mask = self.row_kept[:, idx]
-        key = mask.tobytes()
-        if key not in self._by_mask:
-            self._by_mask[key] = self._make(mask)
-        found = self._by_mask[key]
-        if found is ALL and self.slot_offsets is not None:
-            return self._all_rows()  # every layer needs its own KV slot tables
-        return found
+        """ALL (stock call), NONE (skip) or the SubBatch of rows that run layer idx."""
+        return self._layers[idx]
 
-    def _make(self, mask: np.ndarray):
-        if mask.all():
-            return ALL
-        rows = np.flatnonzero(mask)
-        if rows.size == 0:
-            return NONE
-        index = token_index(self.query_start_loc, rows)
-        return SubBatch(torch.from_numpy(index).to(self.device), rows, self)
 
-    def _all_rows(self) -> SubBatch:
-        if "all" not in self._by_mask:
-            self._by_mask["all"] = SubBatch(None, np.arange(len(self.row_sets)), self)
-        return self._by_mask["all"]
+def share_decision(sets: torch.Tensor) -> list[int]:
+    """The router's sets as decided on the first tensor-parallel rank, on every rank.
 
-    @classmethod
-    def builder_for(cls, group: Any):
-        """A private metadata builder per group: builders keep per-build state."""
-        builder = cls._builders.get(id(group))
-        if builder is None:
-            base = group.get_metadata_builder(0)
-            builder = type(base)(base.kv_cache_spec, base.layer_names,
-                                 base.vllm_config, base.device)
-            cls._builders[id(group)] = builder
-        return builder
+    Every rank runs the head on its own copy of the residual stream; if argmax ever
+    differed between ranks (another GPU model, another kernel), their row masks, and so
+    their sub-batch sizes and collectives, would stop matching: a hang. The first rank's
+    decision wins; this is the step's one collective of the router, on a few ints.
+    """
+    from vllm.distributed import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        tp = parallel_state.get_tp_group()
+        if tp.world_size > 1:
+            sets = tp.broadcast(sets.contiguous(), src=0)
+    return sets.tolist()
 
 
 def current_plan(attn_metadata: Any) -> StepPlan | None:
@@ -414,69 +332,13 @@ def current_plan(attn_metadata: Any) -> StepPlan | None:
     return plan
 
 
-def token_index(query_start_loc: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Flat token indices of `rows`, in row order (rows' tokens are contiguous)."""
-    starts = query_start_loc[rows].astype(np.int64)
-    lens = query_start_loc[rows + 1].astype(np.int64) - starts
-    before = np.cumsum(lens) - lens
-    return np.repeat(starts - before, lens) + np.arange(int(lens.sum()), dtype=np.int64)
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
 
 
-def subset_metadata(cm: Any, rows: np.ndarray, tokens: torch.Tensor):
-    """A CommonAttentionMetadata for a subset of rows, validated before any kernel sees it.
-
-    The CPU attention kernel does not validate metadata (an inconsistent one
-    corrupted the heap here), so shapes are checked in Python first.
-    """
-    device = cm.query_start_loc.device
-    qsl_cpu = cm.query_start_loc_cpu
-    rows_cpu = torch.from_numpy(rows)
-    lens = qsl_cpu[rows_cpu + 1] - qsl_cpu[rows_cpu]
-    new_qsl = torch.zeros(len(rows) + 1, dtype=qsl_cpu.dtype)
-    torch.cumsum(lens, 0, out=new_qsl[1:])
-    rows_dev = rows_cpu.to(device)
-    seq_ub = _take(cm.seq_lens_cpu_upper_bound, rows_cpu)
-    sub = dataclasses.replace(
-        cm,
-        query_start_loc=new_qsl.to(device),
-        query_start_loc_cpu=new_qsl,
-        seq_lens=cm.seq_lens[rows_dev],
-        num_reqs=len(rows),
-        num_actual_tokens=int(new_qsl[-1]),
-        max_query_len=int(lens.max()),
-        max_seq_len=int(seq_ub.max()) if seq_ub is not None else cm.max_seq_len,
-        block_table_tensor=cm.block_table_tensor[rows_dev],
-        slot_mapping=cm.slot_mapping[tokens],
-        positions=None if cm.positions is None else cm.positions[tokens],
-        is_prefilling=_take(cm.is_prefilling, rows_dev),
-        seq_lens_cpu_upper_bound=seq_ub,
-        req_idx=None if cm.req_idx is None else cm.req_idx[rows],
-        logits_indices_padded=None, num_logits_indices=None, max_logits_per_req=None,
-        encoder_seq_lens=None, encoder_seq_lens_cpu=None,
-        dcp_local_seq_lens=None, dcp_local_seq_lens_cpu_upper_bound=None,
-        mm_req_doc_ranges=None, rswa_prefix_lens=None, replayssm_decode_base_cpu=None,
-        _num_computed_tokens_cache=None, _token_to_req_indices_cache=None,
-    )
-    _validate(sub, tokens)
-    return sub
-
-
-def _take(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
-    return None if t is None else t[idx.to(t.device)]
-
-
-def _validate(sub: Any, tokens: torch.Tensor) -> None:
-    n = sub.num_actual_tokens
-    checks = {
-        "token count": tokens.numel() == n == sub.slot_mapping.numel(),
-        "rows": sub.block_table_tensor.shape[0] == sub.num_reqs == sub.seq_lens.numel(),
-        "query lens <= seq lens": bool(
-            ((sub.query_start_loc_cpu[1:] - sub.query_start_loc_cpu[:-1])
-             <= sub.seq_lens.cpu()).all()),
-    }
-    bad = [name for name, ok in checks.items() if not ok]
-    if bad:
-        raise RuntimeError(f"vllm-pudding: inconsistent sub-batch metadata ({', '.join(bad)})")
+def layer_index(name: str) -> int | None:
+    """Decoder layer index in a module or weight name (`model.layers.12.self_attn...`)."""
+    match = _LAYER_INDEX.search(name)
+    return int(match.group(1)) if match else None
 
 
 class LayerRunner:
@@ -499,6 +361,10 @@ class LayerRunner:
             self.plan.route(self.hidden + self.residual)
 
     def run(self, idx: int, layer: torch.nn.Module) -> None:
+        with transfer.layer_loop():
+            self._run(idx, layer)
+
+    def _run(self, idx: int, layer: torch.nn.Module) -> None:
         sub = ALL if self.plan is None else self.plan.for_layer(idx)
         if sub is NONE:
             return

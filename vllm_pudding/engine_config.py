@@ -2,18 +2,17 @@
 
 `MODELS_CONFIG_MAP[arch].verify_and_update_config` runs while vLLM builds its
 config, in the front-end process, before any engine or worker starts: the place
-to reject a malformed pool early and to turn off what the per-row layer loop
+to reject a malformed pool and every configuration PuDDing cannot serve
+(`supported.py`) early, and to turn off what the per-row layer loop
 cannot support (vLLM's whole-model torch.compile and CUDA graphs replay one fixed
 structure; `layer_compile` compiles each layer's body instead, when asked).
 """
 
 from __future__ import annotations
 
-import os
-
 from vllm.logger import init_logger
 
-from vllm_pudding import layer_compile
+from vllm_pudding import layer_compile, supported
 from vllm_pudding.config import from_hf_config
 
 logger = init_logger(__name__)
@@ -37,12 +36,8 @@ class PuddingEngineConfig:
     def verify_and_update_config(vllm_config) -> None:
         model_config = vllm_config.model_config
         pool = from_hf_config(model_config.hf_config)
-        if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").lower() in ("1", "true"):
-            raise ValueError(
-                "vllm-pudding runs on the V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER"
-            )
-        if vllm_config.parallel_config.pipeline_parallel_size > 1:
-            raise ValueError("vllm-pudding does not support pipeline parallelism")
+        supported.check(vllm_config)  # raises ValueError naming every unsupported setting
+        supported.choose_default_backend(vllm_config)
         layer_compile.resolve(vllm_config)
         if not model_config.enforce_eager:
             logger.info("vllm-pudding: enforce_eager=True for vLLM (the per-request layer "

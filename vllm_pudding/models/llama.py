@@ -12,7 +12,6 @@ layers, attention and weight mapping stay vLLM's. What changes:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import torch
@@ -28,9 +27,6 @@ from vllm.model_executor.models.llama import (
 from vllm_pudding import depth, layer_compile
 from vllm_pudding.config import from_hf_config
 
-_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
-
-
 class OmittedLayer(nn.Module):
     """Stands in for a layer that every candidate omits: no weights, no KV."""
 
@@ -38,16 +34,11 @@ class OmittedLayer(nn.Module):
         return hidden_states, residual
 
 
-def _layer_index(name: str) -> int | None:
-    match = _LAYER_INDEX.search(name)
-    return int(match.group(1)) if match else None
-
-
 def _layer_factory(omitted: set[int]):
     """A `layer_type` for LlamaModel that builds placeholders for `omitted` layers."""
 
     def build(*, vllm_config: VllmConfig, prefix: str = "", **kwargs) -> nn.Module:
-        if _layer_index(prefix) in omitted:
+        if depth.layer_index(prefix) in omitted:
             return OmittedLayer()
         return LlamaDecoderLayer(vllm_config=vllm_config, prefix=prefix, **kwargs)
 
@@ -107,5 +98,5 @@ class PuddingLlamaForCausalLM(LlamaForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         kept = ((name, w) for name, w in weights
-                if _layer_index(name) not in self.omitted_layers)
+                if depth.layer_index(name) not in self.omitted_layers)
         return super().load_weights(kept)

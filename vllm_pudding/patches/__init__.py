@@ -20,6 +20,7 @@ PATCHES = (
     "engine_routes",  # sets the in-engine (hidden) router decides reach the caller
     "omission_admission",  # opt-in: admit waiting requests that share the batch's omitted layers
     "compile_warmup",  # compiled layers compile at engine start (CPU)
+    "attention_backend",  # only backends the sub-batch metadata is correct for
 )
 
 _applied = False
@@ -33,6 +34,18 @@ def apply_all() -> None:
     for name in PATCHES:
         importlib.import_module(f"{__name__}.{name}").apply()
     _applied = True
+
+
+def on_cpu() -> bool:
+    """Whether this process runs vLLM's CPU platform.
+
+    CPU-only vLLM modules are imported only then: `vllm.v1.worker.cpu_worker` imports
+    `v1/worker/cpu/shm.py`, which replaces `torch.cuda.Event`, streams, memory queries
+    and `Tensor.pin_memory` at import time, on any platform.
+    """
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def wrap(owner, attr: str, make_wrapper) -> None:

@@ -13,14 +13,14 @@ Removable when: vLLM warms up models that compile themselves (a model hook).
 
 from __future__ import annotations
 
-from vllm_pudding.patches import wrap
+from vllm_pudding.patches import on_cpu, wrap
 
 
 def apply() -> None:
-    try:
-        from vllm.v1.worker.cpu_worker import CPUWorker
-    except ImportError:  # GPU builds: layer compile is opt-in there, compiled lazily
+    if not on_cpu():  # elsewhere layer compile is opt-in and compiles on first use
         return
+    from vllm.v1.worker.cpu_worker import CPUWorker
+
     wrap(CPUWorker, "compile_or_warm_up_model", _wrap)
 
 

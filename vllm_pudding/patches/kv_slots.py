@@ -25,7 +25,7 @@ import dataclasses
 
 from vllm_pudding import depth
 from vllm_pudding.config import from_hf_config
-from vllm_pudding.patches import wrap
+from vllm_pudding.patches import on_cpu, wrap
 
 
 def apply() -> None:
@@ -37,11 +37,10 @@ def apply() -> None:
     wrap(kv_cache_utils, "get_kv_cache_config_from_groups", _wrap_config)
     wrap(gpu_model_runner, "allocate_kv_cache", _wrap_allocate)
     wrap(gpu_model_runner.GPUModelRunner, "_zero_block_ids", _wrap_zero)
-    try:  # the CPU runner overrides _zero_block_ids
+    if on_cpu():  # the CPU runner overrides _zero_block_ids
         from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-    except ImportError:
-        return
-    wrap(CPUModelRunner, "_zero_block_ids", _wrap_zero)
+
+        wrap(CPUModelRunner, "_zero_block_ids", _wrap_zero)
 
 
 def slots_per_block(vllm_config) -> tuple[int, int] | None:
@@ -58,6 +57,14 @@ def slots_per_block(vllm_config) -> tuple[int, int] | None:
 def _single_group(groups) -> None:
     if len(groups) != 1 or groups[0].host_resident:
         raise NotImplementedError("vllm-pudding KV slots need one full-attention KV group")
+
+
+def _no_zeroing(config) -> None:
+    """vLLM zeroes new blocks (Mamba state, mixed-precision KV) through per-layer segment
+    tables of the stock layout; PuDDing's slot layout needs neither case."""
+    if getattr(config, "needs_kv_cache_zeroing", False):
+        raise NotImplementedError("vllm-pudding KV slots do not support KV cache zeroing "
+                                  "(Mamba layers or mixed-precision KV cache)")
 
 
 def _wrap_bytes_per_block(original):
@@ -83,6 +90,7 @@ def _wrap_config(original):
         # The stock planner divides by `built` pages per block; give it the memory
         # that makes its block count equal to what `num_slots` pages per block allow.
         config = original(vllm_config, kv_cache_groups, available_memory * built // num_slots)
+        _no_zeroing(config)
         return _slot_layout(config, num_slots)
 
     return get_kv_cache_config_from_groups

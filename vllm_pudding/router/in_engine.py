@@ -40,32 +40,41 @@ class EngineRouter:
 
     @torch.no_grad()
     def decide(self, states: torch.Tensor, query_start_loc: np.ndarray,
-               rows: np.ndarray) -> list[int]:
-        """states [tokens, d] of the whole step; rows: the batch rows to route."""
+               rows: np.ndarray) -> torch.Tensor:
+        """states [tokens, d] of the whole step; rows: the batch rows to route.
+
+        Returns the chosen set ids on the device (`depth.share_decision` reads them).
+        """
         feats = pool_chunks(states, query_start_loc, rows, self.spec.max_tokens,
                             self.spec.pooling)
         self.calls += 1
         self.prompts += len(rows)
-        return self.head(feats).argmax(-1).tolist()
+        return self.head(feats).argmax(-1)
 
 
 def pool_chunks(states: torch.Tensor, query_start_loc: np.ndarray, rows: np.ndarray,
                 max_tokens: int, pooling: str) -> torch.Tensor:
-    """[len(rows), d or 2d]: mean (and last) of each row's first `max_tokens` step tokens."""
+    """[len(rows), d or 2d]: mean (and last) of each row's first `max_tokens` step tokens.
+
+    The index arrays reach the device in one copy (`transfer.to_device`).
+    """
+    from vllm_pudding.transfer import to_device
+
     starts = query_start_loc[rows].astype(np.int64)
     lens = np.minimum(query_start_loc[rows + 1].astype(np.int64) - starts, max_tokens)
     seg = np.repeat(np.arange(len(rows)), lens)
     before = np.cumsum(lens) - lens
     tok = np.repeat(starts - before, lens) + np.arange(int(lens.sum()))
     device = states.device
-    picked = states[torch.from_numpy(tok).to(device)].float()
+    tok_d, seg_d, lens_d, last_d = to_device([tok, seg, lens, starts + lens - 1], device,
+                                             "route")
+    picked = states[tok_d].float()
     sums = torch.zeros(len(rows), states.shape[1], device=device)
-    sums.index_add_(0, torch.from_numpy(seg).to(device), picked)
-    mean = sums / torch.from_numpy(lens).to(device, torch.float32)[:, None]
+    sums.index_add_(0, seg_d, picked)
+    mean = sums / lens_d.to(torch.float32)[:, None]
     if pooling == "mean":
         return mean
-    last = states[torch.from_numpy(starts + lens - 1).to(device)].float()
-    return torch.cat([mean, last], dim=-1)
+    return torch.cat([mean, states[last_d].float()], dim=-1)
 
 
 def load_engine_router(model_dir: str | Path, pool: PuddingConfig, hidden_size: int,
