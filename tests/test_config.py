@@ -21,6 +21,10 @@ from vllm_pudding.config import PuddingConfig
     ([[1, 2]], r"must be an object"),
     ({"omission_sets": [[-1]]}, r"out of range"),
     ({"omission_sets": [list(range(6))]}, r"every layer"),
+    ({"omission_sets": [[1], [2]], "routable_sets": []}, r"routable_sets.*at least one"),
+    ({"omission_sets": [[1], [2]], "routable_sets": [1, 0]}, r"routable_sets.*sorted"),
+    ({"omission_sets": [[1], [2]], "routable_sets": [0, 2]}, r"routable_sets.*0\.\.1"),
+    ({"omission_sets": [[1], [2]], "routable_sets": [1]}, r"routable_sets.*default_set 0"),
 ])
 def test_bad_sections_name_the_field(section, field):
     with pytest.raises(ValueError, match=field):

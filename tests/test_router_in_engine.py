@@ -86,6 +86,29 @@ def test_engine_decides_like_the_head_and_runs_like_pinned(llm, prompts):
     assert all(o.kv_transfer_params is None for o in routed), "the private key must not leak"
 
 
+def test_in_engine_router_never_picks_a_set_outside_routable_sets(tiny_base, planted, tmp_path):
+    import numpy as np
+    import torch
+
+    from vllm_pudding.artifact import build_pudding_dir, load_pudding_dir
+    from vllm_pudding.config import PuddingConfig
+    from vllm_pudding.router.in_engine import load_engine_router, pool_chunks
+    from vllm_pudding.router.install import install_router
+
+    d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=HIDDEN_SETS,
+                                                   routable_sets=[0, 2]), tmp_path / "pd")
+    install_router(d, planted[0])
+    router = load_engine_router(d, load_pudding_dir(d), 128, torch.device("cpu"))
+    torch.manual_seed(0)
+    states, qsl, rows = torch.randn(600, 128) * 3, np.arange(0, 601, 10), np.arange(60)
+    with torch.no_grad():
+        scores = planted[1](pool_chunks(states, qsl, rows, router.spec.max_tokens,
+                                        router.spec.pooling))
+    assert 1 in scores.argmax(-1).tolist(), "unrestricted, some rows would pick set 1"
+    assert router.decide(states, qsl, rows).tolist() == \
+        [0 if s[0] >= s[2] else 2 for s in scores.tolist()]
+
+
 def test_routing_copies_indices_twice_and_never_in_the_layer_loop(llm, prompts):
     """A routed step adds two host-to-device copies (the features' indices, the re-plan
     once the sets are known) to the plan's one; the layer loop makes none."""

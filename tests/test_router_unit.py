@@ -38,6 +38,28 @@ def test_planted_router_routes_unseen_prompts(routed_dir):
     assert router.stats.calls == 1 and router.stats.prompts == len(texts)
 
 
+def test_routers_never_pick_a_set_outside_routable_sets(planted, tiny_base, tmp_path):
+    """Sets outside `routable_sets` (broken free generation) stay pinnable, but no router
+    sends a request there: the pick is the best-scored routable set."""
+    from vllm_pudding.artifact import build_pudding_dir, load_pudding_dir
+    from vllm_pudding.config import PuddingConfig
+    from vllm_pudding.router.install import install_router
+    from vllm_pudding.router.runtime import load_router
+
+    d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=TINY_SETS,
+                                                   routable_sets=[0, 2]), tmp_path / "pd")
+    install_router(d, planted)
+    pool = load_pudding_dir(d)
+    assert pool.routable_sets == [0, 2] and pool.resolve_set_id(1) == 1
+    router = load_router(d, pool)
+    texts, truth = planted_texts(6, seed=1, filler=FILLER_HELD)
+    scores = router.scores(texts)
+    picked = router.route(texts)
+    assert 1 in truth and 1 not in picked
+    assert picked == [0 if s[0] >= s[2] else 2 for s in scores.tolist()]
+    assert [p for p, t in zip(picked, truth) if t != 1] == [t for t in truth if t != 1]
+
+
 def test_install_names_router_in_config(routed_dir):
     from vllm_pudding.artifact import load_pudding_dir
 

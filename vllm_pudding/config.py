@@ -54,6 +54,12 @@ class PuddingConfig(BaseModel):
     provisional: bool = Field(
         False, description="True when the pool is a stand-in, not the calibrated pool search."
     )
+    routable_sets: list[int] | None = Field(
+        None, description="Set ids a router may choose (None: every set). The others stay "
+        "valid for an explicit `pudding_set`, but their free generation broke in the "
+        "generation-sanity check (`python -m vllm_pudding.eval.sanity`), so no request is "
+        "sent there unasked. Must include `default_set`."
+    )
 
     @classmethod
     def parse(cls, section: Any, num_layers: int) -> "PuddingConfig":
@@ -84,6 +90,17 @@ class PuddingConfig(BaseModel):
                 f"{SECTION}.default_set: {self.default_set} is not a set id "
                 f"(0..{len(self.omission_sets) - 1})"
             )
+        if self.routable_sets is not None:
+            self._check_routable()
+
+    def _check_routable(self) -> None:
+        ids, n = self.routable_sets, len(self.omission_sets)
+        if not ids or ids != sorted(set(ids)) or not all(0 <= i < n for i in ids):
+            raise ValueError(f"{SECTION}.routable_sets: {ids} must be sorted, distinct set ids "
+                             f"of this pool (0..{n - 1}), at least one")
+        if self.default_set not in ids:
+            raise ValueError(f"{SECTION}.routable_sets: {ids} must include default_set "
+                             f"{self.default_set}")
 
     @property
     def k(self) -> int:

@@ -31,6 +31,16 @@ class RouterHead(nn.Module):
             return self(x).argmax(-1).tolist()
 
 
+def pick(scores: torch.Tensor, routable: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, the set with the best score among `routable` set ids (None: every set).
+
+    `routable` lives on the scores' device (made once by the caller: no copy per call).
+    """
+    if routable is None:
+        return scores.argmax(-1)
+    return routable[scores[:, routable].argmax(-1)]
+
+
 def standardise_labels(y: torch.Tensor) -> torch.Tensor:
     """Per-row centring (only the ranking of sets within a prompt matters), unit scale."""
     y = y - y.mean(dim=1, keepdim=True)

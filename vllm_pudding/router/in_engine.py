@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vllm_pudding.config import PuddingConfig
-from vllm_pudding.router.head import RouterHead
+from vllm_pudding.router.head import RouterHead, pick
 from vllm_pudding.router.hidden import common_prefix
 from vllm_pudding.router.spec import HEAD_FILE, RouterSpec, load_spec
 
@@ -31,10 +31,12 @@ from vllm_pudding.router.spec import HEAD_FILE, RouterSpec, load_spec
 class EngineRouter:
     """Pooled prefix states of a step's unrouted rows -> set ids."""
 
-    def __init__(self, spec: RouterSpec, head: RouterHead, device: torch.device):
+    def __init__(self, spec: RouterSpec, head: RouterHead, device: torch.device,
+                 routable: list[int] | None = None):
         self.spec = spec
         self.route_after = spec.prefix_layers - 1  # the last layer every set keeps
         self.head = head.to(device=device, dtype=torch.float32).eval()
+        self.routable = None if routable is None else torch.tensor(routable, device=device)
         self.calls = 0
         self.prompts = 0
 
@@ -49,7 +51,7 @@ class EngineRouter:
                             self.spec.pooling)
         self.calls += 1
         self.prompts += len(rows)
-        return self.head(feats).argmax(-1)
+        return pick(self.head(feats), self.routable)
 
 
 def pool_chunks(states: torch.Tensor, query_start_loc: np.ndarray, rows: np.ndarray,
@@ -103,4 +105,4 @@ def load_engine_router(model_dir: str | Path, pool: PuddingConfig, hidden_size: 
     except (RuntimeError, KeyError) as e:
         raise ValueError(f"{router_dir / HEAD_FILE}: does not match router.json "
                          f"(feature_dim {spec.feature_dim}): {e}") from None
-    return EngineRouter(spec, head, device)
+    return EngineRouter(spec, head, device, pool.routable_sets)

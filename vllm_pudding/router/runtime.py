@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from vllm_pudding.config import PuddingConfig
-from vllm_pudding.router.head import RouterHead
+from vllm_pudding.router.head import RouterHead, pick
 from vllm_pudding.router.spec import HEAD_FILE, RouterSpec, load_spec
 
 
@@ -33,7 +33,7 @@ class Router:
     """Prompt texts -> set ids (argmax of the head's per-set scores)."""
 
     def __init__(self, router_dir: Path, spec: RouterSpec, model_dir: Path,
-                 encoder_dir: Path | None = None):
+                 encoder_dir: Path | None = None, routable: Sequence[int] | None = None):
         from safetensors.torch import load_file
 
         self.spec, self.stats, self.model_dir = spec, RouterStats(), model_dir
@@ -45,6 +45,7 @@ class Router:
                              f"(feature_dim {spec.feature_dim}, head_hidden "
                              f"{spec.head_hidden}): {e}") from None
         self.head.eval()
+        self.routable = None if routable is None else torch.tensor(list(routable))
         self.encode = _encoder(encoder_dir or router_dir / (spec.encoder or ""), spec, model_dir)
         self._lock = threading.Lock()
 
@@ -57,7 +58,7 @@ class Router:
             return []
         with self._lock:  # one batched call at a time; torch ops are not reentrant-friendly
             t0 = time.perf_counter()
-            ids = self.scores(texts).argmax(-1).tolist()
+            ids = pick(self.scores(texts), self.routable).tolist()
             self.stats.calls += 1
             self.stats.prompts += len(texts)
             self.stats.seconds += time.perf_counter() - t0
@@ -83,7 +84,7 @@ def load_router(model_dir: Path, pool: PuddingConfig) -> Router | None:
     if spec.kind != pool.router.kind:
         raise ValueError(f"{router_dir / 'router.json'}: kind {spec.kind!r} but config.json "
                          f"names a {pool.router.kind!r} router")
-    return Router(router_dir, spec, model_dir)
+    return Router(router_dir, spec, model_dir, routable=pool.routable_sets)
 
 
 _ROUTERS: dict[str, Router | None] = {}

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from vllm_pudding.config import PuddingConfig
+from vllm_pudding.router.head import pick
 
 
 def shared_core(sets: list[list[int]]) -> set[int]:
@@ -56,8 +57,7 @@ def subsets_by_core(sets: list[list[int]], min_size: int = 2) -> dict[int, list[
 
 def restricted_choice(scores: torch.Tensor, ids: tuple) -> np.ndarray:
     """The router's pick among `ids` only (set ids of the full pool)."""
-    cols = torch.tensor(ids)
-    return cols[scores[:, cols].argmax(-1)].numpy()
+    return pick(scores, torch.tensor(ids)).numpy()
 
 
 def subset_router(router_dir: Path, ids: tuple, out: Path) -> Path:
