@@ -274,3 +274,29 @@ def test_sleb_matches_direct_greedy(planted):
             removed.append(min(direct, key=lambda i: (direct[i], i)))
     assert res["order"] == removed and 0 not in removed and 5 not in removed
     assert res["dense_nll"] == pytest.approx(_direct_nll(model, ids, set()), abs=1e-4)
+
+
+def test_label_job_resumes_and_merges_into_one_table(pudding_llm, tokenizer, tmp_path):
+    """The paper-scale label job: chunks written as scored, a rerun scores only what is
+    missing, and the merged table loads as router labels (every example under every set)."""
+    from conftest import TINY_SETS
+    from vllm_pudding.router.label_job import chunk_path, run
+    from vllm_pudding.router.labels import load_tables
+
+    caps = {"arc_easy": 5, "piqa": 3}
+    meta = {"caps": caps, "seed": 0, "chunk": 2, "pool": TINY_SETS}
+    logs = []
+    counts = run(pudding_llm, tokenizer, len(TINY_SETS), caps, tmp_path, meta, chunk=2,
+                 log=logs.append)
+    assert counts == {"arc_easy": 5, "piqa": 3} and len(logs) == 5  # 3 + 2 chunks
+    tables = load_tables([tmp_path / "labels.json.gz"], len(TINY_SETS))
+    assert {t: len(tab.doc_ids) for t, tab in tables.items()} == counts
+    first = (tmp_path / "labels.json.gz").read_bytes()
+    chunk_path(tmp_path, "arc_easy", 1).unlink()
+    logs.clear()
+    run(pudding_llm, tokenizer, len(TINY_SETS), caps, tmp_path, meta, chunk=2, log=logs.append)
+    assert len(logs) == 1 and logs[0].startswith("arc_easy chunk 1:")
+    assert (tmp_path / "labels.json.gz").read_bytes() == first, "same scores, same table"
+    with pytest.raises(ValueError, match="another job's settings"):
+        run(pudding_llm, tokenizer, len(TINY_SETS), caps, tmp_path, {**meta, "seed": 1},
+            chunk=2, seed=1)
