@@ -123,11 +123,11 @@ def test_repeated_prompt_is_routed_again_not_served_from_cache(llm, prompts):
     assert again[0].num_cached_tokens == 0
 
 
-def test_route_request_without_hidden_router_is_rejected(pudding_llm):
+def test_caller_cannot_send_the_internal_route_key(pudding_llm):
     from vllm import SamplingParams
 
     bad = SamplingParams(max_tokens=2, extra_args={"pudding_route": True})
-    with pytest.raises(ValueError, match="prompt 0: pudding_route needs .*hidden"):
+    with pytest.raises(ValueError, match="prompt 0: pudding_route is set by vllm-pudding"):
         pudding_llm.generate([{"prompt_token_ids": [5, 6, 7]}], bad, use_tqdm=False)
 
 

@@ -17,6 +17,7 @@ PATCHES = (
     "v1_runner",  # PuDDing models run on the V1 model runner
     "kv_slots",  # KV storage only for each request's kept layers
     "auto_routing",  # the router picks a set for requests that name none; outputs say which
+    "openai_xargs",  # the OpenAI server checks pudding_* keys as sent (before JSON coercion)
     "engine_routes",  # sets the in-engine (hidden) router decides reach the caller
     "omission_admission",  # opt-in: admit waiting requests that share the batch's omitted layers
     "compile_warmup",  # compiled layers compile at engine start (CPU)
