@@ -21,6 +21,7 @@ PATCHES = (
     "engine_routes",  # sets the in-engine (hidden) router decides reach the caller
     "omission_admission",  # opt-in: admit waiting requests that share the batch's omitted layers
     "compile_warmup",  # compiled layers compile at engine start (CPU)
+    "request_metrics",  # finished requests' stats carry their set (per-set Prometheus series)
 )
 
 _applied = False
