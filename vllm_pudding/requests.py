@@ -23,7 +23,8 @@ ROUTE = "route"
 
 
 class PuddingRequestError(VLLMValidationError, ValueError):
-    """A request names an omission set the model's pool does not have.
+    """A request's `pudding_*` fields are invalid: an unknown or internal key, or a set id
+    the model's pool does not have.
 
     A ValueError for offline callers; a VLLMValidationError because vLLM's async
     front end passes only client errors through as HTTP 400 (anything else
