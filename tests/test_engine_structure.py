@@ -2,8 +2,9 @@
 
 - layers no candidate keeps have no parameters and no KV; vLLM's KV capacity grows;
 - a pool whose sets omit nothing equals stock vLLM Llama token for token;
-- a bad set id fails its own call with a ValueError naming the prompt, and the
-  engine keeps serving; a malformed pudding section fails before any engine starts.
+- a bad set id, or an unknown or internal `pudding_*` key, fails its own call with a
+  ValueError naming the prompt (and the key), and the engine keeps serving; a
+  malformed pudding section fails before any engine starts.
 """
 
 import json
@@ -82,6 +83,44 @@ def test_bad_set_id_names_prompt_and_engine_survives(pudding_llm, bad):
     assert pudding_llm.llm_engine.get_num_unfinished_requests() == 0
     outs = pudding_llm.generate(PROMPTS, [greedy(4, 0)] * 3, use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 4 for o in outs)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"pudding_sett": 1}, r"unknown key 'pudding_sett'"),
+    ({"Pudding_Set": 1}, r"unknown key 'Pudding_Set'"),
+    ({"pudding_set": 1, "pudding_depth": 3}, r"unknown key 'pudding_depth'"),
+    ({"pudding_route": True}, r"pudding_route is set by vllm-pudding itself, not by requests"),
+    ({"pudding_set": 1, "pudding_routed": True}, r"pudding_routed is set by vllm-pudding itself, "
+                                                 r"not by requests"),
+    ({"pudding_route_seconds": 0.1}, r"pudding_route_seconds is set by vllm-pudding itself, "
+                                     r"not by requests"),
+])
+def test_unknown_or_internal_key_names_prompt_key_and_known_keys(pudding_llm, extra, message):
+    """A mistyped key must not run the default set silently; internal keys would fake the
+    routing decision that outputs and metrics report. Nothing runs."""
+    from vllm import SamplingParams
+
+    bad = SamplingParams(max_tokens=4, extra_args=extra)
+    with pytest.raises(ValueError, match=r"prompt 1: " + message
+                       + r"; known pudding keys: pudding_set"):
+        pudding_llm.generate(PROMPTS, [greedy(4, 0), bad, greedy(4, 2)], use_tqdm=False)
+    assert pudding_llm.llm_engine.get_num_unfinished_requests() == 0
+
+
+def test_boolean_set_is_refused_and_other_keys_pass(pudding_llm):
+    """True is not set 1 (online, JSON true must agree: tests/test_server.py)."""
+    from vllm import SamplingParams
+
+    with pytest.raises(ValueError, match=r"prompt 0: pudding_set must be an integer set id, "
+                                         r"got True"):
+        pudding_llm.generate(PROMPTS[:1], SamplingParams(max_tokens=2, extra_args={
+            "pudding_set": True}), use_tqdm=False)
+    # keys outside the pudding_ prefix belong to other extensions: left alone
+    other = greedy(4, 2)
+    other.extra_args["my_extension_arg"] = 1
+    got = pudding_llm.generate(PROMPTS[:1], other, use_tqdm=False)[0]
+    want = pudding_llm.generate(PROMPTS[:1], greedy(4, 2), use_tqdm=False)[0]
+    assert got.pudding_set == 2 and got.outputs[0].token_ids == want.outputs[0].token_ids
 
 
 def test_malformed_section_fails_before_engine(tiny_pudding, tmp_path):

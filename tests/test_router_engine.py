@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_SETS
 from engines import CHUNK_BUDGET, engine, greedy
 from router_utils import FILLER_HELD, planted_texts, train_planted_router
-from server_utils import greedy_completion, tiny_server
+from server_utils import assert_per_set_metrics, greedy_completion, tiny_server
 
 MAX_TOKENS = 8
 
@@ -143,3 +143,12 @@ def test_server_routes_and_reports_sets(routed_server, routed_llm, prompts):
     pinned = greedy_completion(routed_server, "routed", texts[0], MAX_TOKENS,
                                vllm_xargs={"pudding_set": 2})
     assert pinned.json()["pudding_sets"] == [2] and pinned.json()["pudding_routed"] == [False]
+
+
+def test_server_metrics_time_the_text_router(routed_server, prompts):
+    texts, truth = prompts
+    one = {"max_tokens": 2, "temperature": 0.0, "ignore_eos": True}
+    bodies = [{"prompt": t, **one} for t in texts[:3]] + [
+        {"prompt": texts[0], **one, "vllm_xargs": {"pudding_set": 1}}]
+    counts = assert_per_set_metrics(routed_server, "routed", bodies, "text", len(TINY_SETS))
+    assert sum(n for (_, routed), n in counts.items() if routed == "true") == 3

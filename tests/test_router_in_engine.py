@@ -11,7 +11,7 @@ import pytest
 
 from engines import CHUNK_BUDGET, engine, greedy
 from router_utils import FILLER_HELD, planted_texts, train_planted_hidden_router
-from server_utils import greedy_completion, tiny_server
+from server_utils import assert_per_set_metrics, greedy_completion, tiny_server
 
 MAX_TOKENS = 8
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the tiny model has none
@@ -192,11 +192,11 @@ def test_repeated_prompt_is_routed_again_not_served_from_cache(llm, prompts):
     assert again[0].num_cached_tokens == 0
 
 
-def test_route_request_without_hidden_router_is_rejected(pudding_llm):
+def test_caller_cannot_send_the_internal_route_key(pudding_llm):
     from vllm import SamplingParams
 
     bad = SamplingParams(max_tokens=2, extra_args={"pudding_route": True})
-    with pytest.raises(ValueError, match="prompt 0: pudding_route needs .*hidden"):
+    with pytest.raises(ValueError, match="prompt 0: pudding_route is set by vllm-pudding"):
         pudding_llm.generate([{"prompt_token_ids": [5, 6, 7]}], bad, use_tqdm=False)
 
 
@@ -303,3 +303,28 @@ def test_chat_responses_carry_the_set_streamed_or_not(hidden_server, llm, prompt
         with_choices = [c for c in chunks if c.get("choices")]
         assert with_choices and all((c["pudding_set"], c["pudding_routed"]) == want
                                     for c in with_choices)
+
+
+def test_metrics_count_each_set_routed_and_pinned(hidden_server, prompts):
+    """/metrics (vLLM's Prometheus endpoint) counts what the responses report, per set,
+    and one worker-timed routing observation per routed request."""
+    texts, expected = prompts
+    one = {"max_tokens": 3, "temperature": 0.0, "ignore_eos": True}
+    bodies = ([{"prompt": t, **one} for t in texts]
+              + [{"prompt": texts[0], **one, "vllm_xargs": {"pudding_set": 2}},
+                 {"prompt": texts[1], **one, "max_tokens": 5, "vllm_xargs": {"pudding_set": 0}}])
+    counts = assert_per_set_metrics(hidden_server, "hidden", bodies, "hidden", len(HIDDEN_SETS))
+    routed = {}
+    for s in expected:
+        routed[(str(s), "true")] = routed.get((str(s), "true"), 0) + 1
+    assert {k: v for k, v in counts.items() if k[1] == "true"} == routed
+
+
+def test_chat_refuses_json_true_and_unknown_keys(hidden_server):
+    body = {"model": "hidden", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for xargs, needle in (({"pudding_set": True}, "got True"), ({"pudding_sett": 1}, "pudding_sett")):
+        for stream in (False, True):
+            resp = hidden_server.post("/v1/chat/completions",
+                                      {**body, "vllm_xargs": xargs, "stream": stream})
+            assert resp.status_code == 400, resp.text[:500]
+            assert needle in resp.json()["error"]["message"]

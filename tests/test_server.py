@@ -117,14 +117,54 @@ def test_server_keeps_serving_after_bad_sets(server, static_refs, prompt_ids):
     assert server.proc.poll() is None, "the server exited"
 
 
-def test_bad_set_streaming_sends_error_event(server, prompt_ids):
-    """Streaming commits HTTP 200 before the request is admitted (vLLM): the 400 is an SSE event."""
-    resp = complete(server, prompt_ids[0], {"pudding_set": 99}, stream=True)
-    if resp.status_code != 400:
-        assert resp.status_code == 200, f"HTTP {resp.status_code}: {resp.text[:500]}"
-        events = [json.loads(line[len("data: "):]) for line in resp.text.splitlines()
-                  if line.startswith("data: ") and line != "data: [DONE]"]
-        errors = [e["error"] for e in events if "error" in e]
-        assert errors and not any("choices" in e for e in events), f"events: {events}"
-        assert errors[0]["code"] == 400, f"error event: {errors[0]}"
-        assert "pudding_set" in errors[0]["message"], f"error event: {errors[0]}"
+BAD_KEYS = [  # (vllm_xargs, the key the 400 must name)
+    ({"pudding_sett": 1}, "pudding_sett"),
+    ({"pudding_set": 1, "Pudding_Depth": 2}, "Pudding_Depth"),
+    ({"pudding_route": True}, "pudding_route"),  # internal: only the plugin sets these
+    ({"pudding_set": 1, "pudding_routed": True}, "pudding_routed"),
+    ({"pudding_route_seconds": 0.5}, "pudding_route_seconds"),
+]
+
+
+def error_of(resp, status=400):
+    assert resp.status_code == status, f"HTTP {resp.status_code} (want {status}): {resp.text[:500]}"
+    return resp.json()["error"]
+
+
+@pytest.mark.parametrize("xargs, key", BAD_KEYS)
+def test_unknown_or_internal_key_is_http_400_naming_it(server, prompt_ids, xargs, key):
+    error = error_of(complete(server, prompt_ids[0], xargs))
+    assert key in error["message"] and "known pudding keys: pudding_set" in error["message"], error
+    assert error["param"] == key, error
+
+
+def test_json_true_is_not_set_1(server, prompt_ids):
+    """vLLM's vllm_xargs schema coerces JSON true to 1; LLM.generate refuses True: so does
+    the server (tests/test_engine_structure.py has the offline side)."""
+    for stream in (False, True):
+        error = error_of(complete(server, prompt_ids[0], {"pudding_set": True}, stream=stream))
+        assert "pudding_set must be an integer set id, got True" in error["message"], error
+    # "1" and 1.0 name set 1 as before
+    for one in ("1", 1.0):
+        got = tokens_and_logprobs_online(complete(server, prompt_ids[0], {"pudding_set": one}))
+        assert got[0] == tokens_and_logprobs_online(
+            complete(server, prompt_ids[0], {"pudding_set": 1}))[0]
+
+
+def test_server_keeps_serving_after_bad_keys(server, static_refs, prompt_ids):
+    for xargs, _ in BAD_KEYS:
+        error_of(complete(server, prompt_ids[1], xargs))
+    got = tokens_and_logprobs_online(complete(server, prompt_ids[1], {"pudding_set": 2}))
+    assert_matches(got, static_refs[2, 1], "set 2 after bad keys")
+    assert server.proc.poll() is None, "the server exited"
+
+
+def test_bad_streaming_request_is_http_400_without_traceback(server, prompt_ids):
+    """Checked before vLLM commits the stream: a plain 400, and the client's mistake leaves
+    no traceback or ERROR line in the server log."""
+    before = server.log_path.read_text(errors="replace")
+    for xargs in ({"pudding_set": 99}, {"pudding_sett": 1}):
+        error = error_of(complete(server, prompt_ids[0], xargs, stream=True))
+        assert next(iter(xargs)) in error["message"], error
+    new = server.log_path.read_text(errors="replace")[len(before):]
+    assert "Traceback" not in new and " ERROR " not in new, new[-3000:]

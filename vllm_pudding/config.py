@@ -22,6 +22,20 @@ SET_ARG = "pudding_set"
 ROUTE_ARG = "pudding_route"
 """extra_args key the front end sets on requests the in-engine (hidden) router decides."""
 
+ROUTED_ARG = "pudding_routed"
+"""extra_args key the front end sets on requests whose set a router chose (outputs report it)."""
+
+ROUTE_SECONDS_ARG = "pudding_route_seconds"
+"""extra_args key the front end sets with the duration of the text-router call that chose
+the request's set (the routing-time metric reads it)."""
+
+CLIENT_ARGS = (SET_ARG,)
+"""The `pudding_*` keys a caller may set; every other `pudding_*` key is refused."""
+
+INTERNAL_ARGS = (ROUTE_ARG, ROUTED_ARG, ROUTE_SECONDS_ARG)
+"""Keys vllm-pudding sets itself after admission; a caller sending one is refused, since it
+would fake the routing decision that outputs and metrics report."""
+
 
 class RouterRef(BaseModel):
     """Where the pudding dir's router lives; requests without a `pudding_set` use it."""

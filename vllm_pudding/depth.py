@@ -53,7 +53,7 @@ class _State:
     dummy: int = 0
     stats: dict = {}
     router: Any = None  # router.in_engine.EngineRouter: decides unrouted rows mid-forward
-    routes: dict = {}  # req id -> set decided in the worker, not yet handed to the scheduler
+    routes: dict = {}  # req id -> (set, routing-step seconds) not yet handed to the scheduler
     arena: TableArena = TableArena()  # the per-layer block tables of the current step
 
 
@@ -78,13 +78,14 @@ def route_after() -> int | None:
     return None if _state.router is None else _state.router.route_after
 
 
-def take_routes() -> dict[str, int]:
-    """Sets decided since the last call (req id -> set id), for the step's output."""
+def take_routes() -> dict[str, tuple[int, float]]:
+    """Sets decided since the last call (req id -> (set id, seconds the routing step
+    took)), for the step's output."""
     routes, _state.routes = _state.routes, {}
     return routes
 
 
-def restore_routes(routes: dict[str, int]) -> None:
+def restore_routes(routes: dict[str, tuple[int, float]]) -> None:
     """Puts decisions back when a step produced no output to carry them."""
     _state.routes = {**routes, **_state.routes}
 
@@ -287,18 +288,19 @@ class StepPlan:
         start = time.perf_counter()
         rows = np.array([row for row, _ in self.pending], dtype=np.int64)
         sets = share_decision(_state.router.decide(states, self.query_start_loc, rows))
-        for (_, req), set_id in zip(self.pending, sets):
-            setattr(req, DECIDED_ATTR, set_id)
-            _state.routes[req.req_id] = set_id
-        _state.stats["routed_rows"] = _state.stats.get("routed_rows", 0) + len(rows)
         row_sets = self.row_sets.copy()
         row_sets[rows] = sets
-        self.pending = []
+        pending, self.pending = self.pending, []
         self._plan(row_sets, _slot_offsets(row_sets),
                    range(_state.router.route_after + 1, len(self.kept[0])), "route")
+        seconds = time.perf_counter() - start  # pooling, head, decision sharing, re-plan
+        for (_, req), set_id in zip(pending, sets):
+            setattr(req, DECIDED_ATTR, set_id)
+            _state.routes[req.req_id] = (int(set_id), seconds)  # the routing-time metric
+        _state.stats["routed_rows"] = _state.stats.get("routed_rows", 0) + len(rows)
         stats = _state.stats
         stats["route_calls"] = stats.get("route_calls", 0) + 1
-        stats["route_seconds"] = stats.get("route_seconds", 0.0) + time.perf_counter() - start
+        stats["route_seconds"] = stats.get("route_seconds", 0.0) + seconds
 
     def for_layer(self, idx: int):
         """ALL (stock call), NONE (skip) or the SubBatch of rows that run layer idx."""

@@ -17,10 +17,12 @@ PATCHES = (
     "v1_runner",  # PuDDing models run on the V1 model runner
     "kv_slots",  # KV storage only for each request's kept layers
     "auto_routing",  # the router picks a set for requests that name none; outputs say which
+    "openai_xargs",  # the OpenAI server checks pudding_* keys as sent (before JSON coercion)
     "engine_routes",  # sets the in-engine (hidden) router decides reach the caller
     "omission_admission",  # opt-in: admit waiting requests that share the batch's omitted layers
     "compile_warmup",  # compiled layers compile at engine start (CPU)
     "attention_backend",  # only backends the sub-batch metadata is correct for
+    "request_metrics",  # finished requests' stats carry their set (per-set Prometheus series)
 )
 
 _applied = False

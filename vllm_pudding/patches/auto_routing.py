@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncGenerator
 
-from vllm_pudding.config import ROUTE_ARG, SET_ARG, from_hf_config
+from vllm_pudding.config import (ROUTE_ARG, ROUTE_SECONDS_ARG, ROUTED_ARG, SET_ARG,
+                                 from_hf_config)
 from vllm_pudding.patches import wrap
-
-ROUTED_ARG = "pudding_routed"
+from vllm_pudding.requests import check_client_args
 
 
 def apply() -> None:
@@ -84,9 +85,10 @@ def prompt_text(prompt, tokenizer) -> str:
     raise ValueError("vllm-pudding: the router needs a text or token-id prompt")
 
 
-def _pinned(params, set_id: int):
-    """A private copy of `params` carrying the routed set (shared params stay untouched)."""
-    return _private(params, {SET_ARG: int(set_id), ROUTED_ARG: True})
+def _pinned(params, set_id: int, seconds: float):
+    """A private copy of `params` carrying the routed set (shared params stay untouched)
+    and how long the router call that chose it took."""
+    return _private(params, {SET_ARG: int(set_id), ROUTED_ARG: True, ROUTE_SECONDS_ARG: seconds})
 
 
 def _to_engine(params):
@@ -113,9 +115,11 @@ def _wrap_offline(original):
                     params[i] = _to_engine(params[i])
             else:
                 tok = self.get_tokenizer()
+                start = time.perf_counter()
                 sets = router.route([prompt_text(prompts[i], tok) for i in todo])
+                seconds = time.perf_counter() - start
                 for i, s in zip(todo, sets):
-                    params[i] = _pinned(params[i], s)
+                    params[i] = _pinned(params[i], s, seconds)
         return original(self, prompts, params, **kwargs)
 
     return _render_and_add_requests
@@ -131,7 +135,8 @@ class RouteBatcher:
         self.pending: list[tuple[str, asyncio.Future]] = []
         self.flush_scheduled = False
 
-    async def route(self, text: str) -> int:
+    async def route(self, text: str) -> tuple[int, float]:
+        """The set chosen for `text`, and the seconds its batch's router call took."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.pending.append((text, fut))
@@ -143,7 +148,7 @@ class RouteBatcher:
     async def _flush(self) -> None:
         batch, self.pending, self.flush_scheduled = self.pending, [], False
         try:
-            sets = await asyncio.to_thread(self.router.route, [t for t, _ in batch])
+            sets, seconds = await asyncio.to_thread(self._timed_route, [t for t, _ in batch])
         except Exception as e:  # every waiting request fails alike, the server keeps serving
             for _, fut in batch:
                 if not fut.done():
@@ -151,7 +156,12 @@ class RouteBatcher:
             return
         for (_, fut), s in zip(batch, sets):
             if not fut.done():
-                fut.set_result(s)
+                fut.set_result((s, seconds))
+
+    def _timed_route(self, texts: list[str]) -> tuple[list[int], float]:
+        start = time.perf_counter()
+        sets = self.router.route(texts)
+        return sets, time.perf_counter() - start
 
 
 def _batcher(engine):
@@ -168,6 +178,11 @@ def _batcher(engine):
 
 def _wrap_async(original):
     async def add_request(self, request_id, prompt, params, *args, **kwargs):
+        from vllm.sampling_params import SamplingParams
+
+        if isinstance(params, SamplingParams):  # as the caller sent them: before routing
+            check_client_args(self.model_config.hf_config, params.extra_args,
+                              f"request {request_id!r}")
         if _needs_route(params) and not isinstance(prompt, AsyncGenerator):
             try:
                 batcher = _batcher(self)
@@ -180,7 +195,7 @@ def _wrap_async(original):
                 params = _to_engine(params)
             elif batcher is not None:
                 text = kwargs.get("prompt_text") or prompt_text(prompt, self.tokenizer)
-                params = _pinned(params, await batcher.route(text))
+                params = _pinned(params, *await batcher.route(text))
         return await original(self, request_id, prompt, params, *args, **kwargs)
 
     return add_request
@@ -196,6 +211,7 @@ def _wrap_state(original):
         extra = getattr(request.sampling_params, "extra_args", None) or {}
         state.pudding_set = extra.get(SET_ARG)
         state.pudding_routed = bool(extra.get(ROUTED_ARG, False))
+        state.pudding_route_seconds = extra.get(ROUTE_SECONDS_ARG)  # hidden: engine_routes
         return state
 
     return classmethod(from_new_request)

@@ -12,7 +12,9 @@ along in-process and through pickling); the scheduler writes each decision into
 the request's sampling params (a recompute then runs the same set) and puts it on
 the request's next `EngineCoreOutput` under a private `kv_transfer_params` key;
 the front end pops that key before vLLM builds the `RequestOutput`, so
-`kv_transfer_params` stays as vLLM would have it, and sets `pudding_set`.
+`kv_transfer_params` stays as vLLM would have it, and sets `pudding_set`. The
+worker's routing-step duration travels the same way (`_pudding_route_seconds`)
+for the routing-time metric (`vllm_pudding.metrics`).
 Removable when: vLLM has per-request model outputs a plugin can fill.
 """
 
@@ -28,6 +30,8 @@ from vllm_pudding.patches import wrap
 ROUTES_ATTR = "pudding_routes"
 OUTPUT_KEY = "_pudding_set"
 """Private key of EngineCoreOutput.kv_transfer_params that carries a decided set."""
+SECONDS_KEY = "_pudding_route_seconds"
+"""... and the duration of the worker's routing step that decided it."""
 
 
 def apply() -> None:
@@ -54,7 +58,7 @@ def _wrap_runner(original):
     return method
 
 
-def _attach(out, routes: dict[str, int]):
+def _attach(out, routes: dict[str, tuple[int, float]]):
     from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
 
     if isinstance(out, ModelRunnerOutput):
@@ -76,12 +80,12 @@ def _wrap_scheduler(original):
     def update_from_output(self, scheduler_output, model_runner_output):
         routes = getattr(model_runner_output, ROUTES_ATTR, None)
         unreported = self.__dict__.setdefault("_pudding_unreported", {})
-        for req_id, set_id in (routes or {}).items():
+        for req_id, (set_id, seconds) in (routes or {}).items():
             request = self.requests.get(req_id)
             if request is not None:
                 params = request.sampling_params
                 params.extra_args = {**(params.extra_args or {}), SET_ARG: set_id}
-                unreported[req_id] = set_id
+                unreported[req_id] = (set_id, seconds)
         outputs = original(self, scheduler_output, model_runner_output)
         if unreported:
             _report(unreported, outputs)
@@ -92,12 +96,13 @@ def _wrap_scheduler(original):
     return update_from_output
 
 
-def _report(unreported: dict[str, int], outputs: dict) -> None:
+def _report(unreported: dict[str, tuple[int, float]], outputs: dict) -> None:
     for batch in outputs.values():
         for out in batch.outputs:
-            set_id = unreported.pop(out.request_id, None)
-            if set_id is not None:
-                out.kv_transfer_params = {**(out.kv_transfer_params or {}), OUTPUT_KEY: set_id}
+            decided = unreported.pop(out.request_id, None)
+            if decided is not None:
+                out.kv_transfer_params = {**(out.kv_transfer_params or {}),
+                                          OUTPUT_KEY: decided[0], SECONDS_KEY: decided[1]}
 
 
 # ---------------------------------------------------------------- front end
@@ -113,6 +118,7 @@ def _wrap_request_output(original):
         if params and OUTPUT_KEY in params:
             params = dict(params)
             self.pudding_set = params.pop(OUTPUT_KEY)
+            self.pudding_route_seconds = params.pop(SECONDS_KEY, None)
             bound.arguments["kv_transfer_params"] = params or None
         return original(*bound.args, **bound.kwargs)
 
