@@ -300,3 +300,27 @@ def test_label_job_resumes_and_merges_into_one_table(pudding_llm, tokenizer, tmp
     with pytest.raises(ValueError, match="another job's settings"):
         run(pudding_llm, tokenizer, len(TINY_SETS), caps, tmp_path, {**meta, "seed": 1},
             chunk=2, seed=1)
+
+
+def test_sanity_text_loss_is_token_weighted_with_a_paired_interval():
+    import numpy as np
+
+    from vllm_pudding.eval.sanity import text_loss
+
+    nll, tokens = np.array([10.0, 30.0, 20.0]), np.array([10, 10, 20])
+    dense = np.array([5.0, 10.0, 10.0])
+    assert text_loss(nll, tokens).nll == pytest.approx(60 / 40)
+    loss = text_loss(nll, tokens, dense)
+    assert loss.excess == pytest.approx((60 - 25) / 40)
+    assert loss.excess_low <= loss.excess <= loss.excess_high
+    same = text_loss(dense, tokens, dense)
+    assert same.excess == same.excess_low == same.excess_high == 0.0
+
+
+def test_sanity_free_text_is_held_out_prose():
+    from vllm_pudding.eval.sanity import free_text_examples
+
+    exs = free_text_examples(5)
+    assert len(exs) == 5 and len({e.continuations[0] for e in exs}) == 5
+    assert all(e.contexts == [""] and len(e.continuations[0].split()) >= 20 for e in exs)
+    assert [e.continuations for e in free_text_examples(5)] == [e.continuations for e in exs]

@@ -12,7 +12,7 @@ import torch
 
 from vllm_pudding.data.mc import MCExample
 from vllm_pudding.search.greedy import GreedyRun, TrialCache, evaluate, greedy_task, planned_trials
-from vllm_pudding.search.pool import greedy_sets, runner_ups, select_pool
+from vllm_pudding.search.pool import dropped_sets, greedy_sets, runner_ups, select_pool
 from vllm_pudding.search.scoring import (LayerModel, TaskScorer, encode_examples, encode_pair,
                                          losses, pack, score_examples)
 
@@ -276,6 +276,18 @@ def test_pool_fill_from_runner_ups_round_robin():
     assert fill["order"] == [1, 2, 4] and fill["step_losses"] == [10.0, 20.0, 31.0]
     # (1, 2, 4) came first from a/likelihood; a/margin's 2nd-best is the same set
     assert [s for s, _ in runner_ups(runs, 3)][:3] == [(1, 2, 4), (1, 2, 4), (7, 8, 10)]
+
+
+def test_pool_skips_sets_outside_the_sanity_bound():
+    """A greedy result whose free generation broke never enters the pool; the fill takes
+    the next admissible runner-up instead."""
+    runs = [_run("a", "likelihood", [1, 2, 3], ranking_last=[4, 5]),
+            _run("a", "margin", [1, 2, 3], ranking_last=[4, 6]),
+            _run("b", "likelihood", [7, 8, 9], ranking_last=[10, 11])]
+    broken = {(7, 8, 9), (1, 2, 4)}
+    pool = select_pool(runs, 3, size=4, admissible=lambda s: s not in broken)
+    assert [p["layers"] for p in pool] == [[1, 2, 3], [7, 8, 10], [1, 2, 5], [1, 2, 6]]
+    assert [7, 8, 9] in dropped_sets(runs, 3, pool)
 
 
 def test_pool_rank_rule_keeps_best_mean_rank():

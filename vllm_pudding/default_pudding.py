@@ -4,7 +4,9 @@ Built once into `<cache>/pudding/<name>/` (symlinks to the converted model, so
 it costs no disk) and reused. The pool comes from a committed JSON file: no
 search runs at demo, test or benchmark time. The file is the calibrated pool of
 `python -m vllm_pudding.search` (10 sets, k = 7); `smollm2_135m_provisional.json`
-is the earlier stand-in that the first benchmarks and evaluation used. The router
+is the earlier stand-in that the first benchmarks and evaluation used. Sets whose free
+generation broke (`python -m vllm_pudding.eval.sanity`) stay in the pool, pinnable, but
+outside its `routable_sets`. The router
 (`vllm_pudding/routers/<pool>/<kind>/`: head weights and spec, trained by
 `python -m vllm_pudding.router.train`) is installed too, so requests that name no
 set are routed.
@@ -35,7 +37,8 @@ def default_pool() -> tuple[PuddingConfig, dict]:
     """The committed pool as a validated config, plus its provenance metadata."""
     raw = json.loads(resources.files("vllm_pudding.pools").joinpath(POOL_FILE).read_text())
     pool = PuddingConfig(omission_sets=[s["layers"] for s in raw["sets"]],
-                         provisional=bool(raw.get("provisional", False)))
+                         provisional=bool(raw.get("provisional", False)),
+                         routable_sets=raw.get("routable_sets"))
     pool.check(raw["num_layers"])
     return pool, {"pool_file": POOL_FILE, "pool": raw}
 

@@ -11,9 +11,10 @@ teacher-forced losses through the engine, against the dense base model on the sa
   validation questions in the model's chat template), scored after the rendered prompt.
 
 Each figure is the mean negative log-likelihood per token over all texts, with a paired
-95% bootstrap interval (over texts) for set minus dense. A set whose excess over dense
-passes the bound on either text is outside the bound: it stays a valid `pudding_set`, but
-no router may pick it (`PuddingConfig.routable_sets`, written by `--apply-to`).
+95% bootstrap interval (over texts) for set minus dense. A set whose free-text excess over
+dense passes the bound is outside it: it stays a valid `pudding_set`, but no router may
+pick it (`PuddingConfig.routable_sets`; the default pool's list is this table's). The
+answers' loss ranks the sets the same way and is reported beside it.
 
     .venv/bin/python -m vllm_pudding.eval.sanity --model "$(.venv/bin/pudding default-dir)" \\
         --n 200 --bound 1.0 --out benchmarks/results/eval/sanity_k7
@@ -32,9 +33,13 @@ import numpy as np
 
 from vllm_pudding.data.mc import MCExample
 
-DEFAULT_BOUND = 1.0
-"""Largest excess NLL over dense (nats per token) on either text that a routable set may
-have. Chosen on the SmolLM2 k = 7 pool's table (benchmarks/results/eval/sanity_k7.md)."""
+DEFAULT_BOUND = 1.8
+"""Largest excess NLL over dense (nats per token) on held-out free text that a routable set
+may have. Chosen on the SmolLM2 k = 7 pool (benchmarks/results/eval/sanity_k7.md, n = 200
+paragraphs): the six sets at or under +1.72 answer chat prompts in degraded but sane
+English; the four at +1.95 and above (sets 2, 7, 8, 9) answer in garbage (greedy samples
+in that file's notes). Every set of a 23%-pruned 135M model is far from dense: the bound
+separates broken from weak, it does not promise quality."""
 
 
 class TextLoss(msgspec.Struct):
@@ -142,8 +147,8 @@ def markdown(report: SanityReport) -> str:
     lines = [f"Generation sanity: teacher-forced NLL (nats/token), n = {report.n_free_text} "
              f"SciQ paragraphs ({report.free_text_tokens} tokens) and {report.n_answers} dense "
              f"answers to NQ-open chat prompts ({report.answer_tokens} tokens); excess over "
-             f"dense with paired 95% bootstrap intervals; bound: excess <= {report.bound} on "
-             "both.", "",
+             f"dense with paired 95% bootstrap intervals; routable: free-text excess <= "
+             f"{report.bound}.", "",
              "| run | layers omitted | free text | excess | dense answers | excess | within |",
              "|---|---|---|---|---|---|---|",
              f"| dense | - | {report.dense['free_text'].nll:.3f} | | "
@@ -180,7 +185,7 @@ def run(model: Path, n: int, bound: float, max_answer_tokens: int = 48,
     for set_id, layers in enumerate(pool.omission_sets):
         losses = {k: text_loss(*per_text_nll(llm, tokenizer, ex, set_id), ref[k][0])
                   for k, ex in kinds.items()}
-        within = all(loss.excess <= bound for loss in losses.values())
+        within = losses["free_text"].excess <= bound
         sets.append(SetSanity(set_id=set_id, layers=list(layers), within_bound=within,
                               **losses))
     llm.llm_engine.engine_core.shutdown()
@@ -189,6 +194,35 @@ def run(model: Path, n: int, bound: float, max_answer_tokens: int = 48,
                         answer_tokens=int(ref["answers"][1].sum()), bound=bound,
                         dense={k: text_loss(*v) for k, v in ref.items()}, sets=sets,
                         seconds=time.perf_counter() - start)
+
+
+def free_text_excess(base: Path, sets: list[list[int]], n: int = 200,
+                     dtype: str = "bfloat16") -> list[float]:
+    """Free-text excess NLL over dense (nats/token) of each omission set of the model
+    `base` (sets of one size k), through one engine on a temporary pudding dir holding
+    them: the pool search's generation-sanity filter."""
+    import tempfile
+
+    from vllm import LLM
+
+    from vllm_pudding.artifact import build_pudding_dir
+    from vllm_pudding.config import PuddingConfig
+
+    kw = dict(dtype=dtype, max_model_len=2048, seed=0, kv_cache_memory_bytes=512 << 20)
+    texts = free_text_examples(n)
+    dense = LLM(model=str(base), **kw)
+    tokenizer = dense.get_tokenizer()
+    ref = per_text_nll(dense, tokenizer, texts, None)
+    dense.llm_engine.engine_core.shutdown()
+    del dense
+    with tempfile.TemporaryDirectory(prefix="pudding-sanity-") as tmp:
+        pdir = build_pudding_dir(base, PuddingConfig(omission_sets=sets), Path(tmp) / "pd")
+        llm = LLM(model=str(pdir), **kw)
+        try:
+            return [text_loss(*per_text_nll(llm, tokenizer, texts, i), ref[0]).excess
+                    for i in range(len(sets))]
+        finally:
+            llm.llm_engine.engine_core.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

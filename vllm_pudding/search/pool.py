@@ -6,6 +6,7 @@
   step, i.e. the run's first k-1 removals plus its 2nd-best last candidate, then the
   3rd-best, ...; round-robin over the runs by runner-up rank (all runs' 2nd-best
   before any 3rd-best), runs in their given order; sets already present are skipped.
+- Sets an `admissible` filter rejects (the generation-sanity bound) are skipped first.
 - More than `size`: keep the `size` sets with the best mean rank across tasks. Each
   task ranks all candidate sets by its own calibration loss, once per loss (rank 1 =
   lowest loss, ties share the mean rank); a set's mean rank is the mean over these
@@ -76,14 +77,20 @@ def mean_ranks(sets: Sequence[tuple[int, ...]], tasks: Sequence[str],
 
 
 def select_pool(runs: Sequence[GreedyRun], k: int, size: int = 10,
-                score: Score | None = None) -> list[dict]:
-    """The pool: [{"layers": [...], "provenance": [...], "mean_rank"?: float}, ...]."""
-    found = greedy_sets(runs, k)
+                score: Score | None = None,
+                admissible: Callable[[tuple[int, ...]], bool] | None = None) -> list[dict]:
+    """The pool: [{"layers": [...], "provenance": [...], "mean_rank"?: float}, ...].
+
+    `admissible` (e.g. the generation-sanity bound): sets it rejects never enter the pool,
+    neither from the greedy results nor as runner-ups.
+    """
+    ok = admissible or (lambda _s: True)
+    found = {s: p for s, p in greedy_sets(runs, k).items() if ok(s)}
     if len(found) < size:
         for key, prov in runner_ups(runs, k):
             if len(found) >= size:
                 break
-            if key not in found:
+            if key not in found and ok(key):
                 found[key] = [prov]
         return [{"layers": list(s), "provenance": p} for s, p in found.items()]
     if len(found) == size:
@@ -99,6 +106,7 @@ def select_pool(runs: Sequence[GreedyRun], k: int, size: int = 10,
 
 
 def dropped_sets(runs: Sequence[GreedyRun], k: int, pool: Sequence[dict]) -> list[list[int]]:
-    """Greedy results that the rank rule left out of the pool (for the record)."""
+    """Greedy results left out of the pool, by the rank rule or the admissibility filter
+    (for the record)."""
     kept = {tuple(e["layers"]) for e in pool}
     return [list(s) for s in greedy_sets(runs, k) if s not in kept]

@@ -14,6 +14,9 @@ where it stopped; the fingerprint covers the model, the token ids, dtype and pac
 so changed inputs never reuse stale results. Then every candidate set is scored on
 every task (needed for the rank rule and written as the score table) and the pool
 rule of `pool.py` picks the sets, for k and for the prefix k (`--prefix-k`, default 4).
+`--sanity-bound B` keeps out of the pool every set whose free generation broke: its
+free-text loss exceeds dense's by more than B nats/token (`vllm_pudding.eval.sanity`,
+through the engine, on the greedy results and enough runner-ups to refill).
 """
 
 from __future__ import annotations
@@ -207,11 +210,29 @@ def _phases(executor, init, tasks, order, base, k, prefix_k, pool_size):
     return docs, search_wall, score_wall, runs, caches, ks
 
 
+def _sanity(model_dir: Path, runs, k: int, pool_size: int, n: int,
+            dtype: str) -> dict[tuple[int, ...], float]:
+    """Free-text excess over dense of every set the pool rule could pick at this k: the
+    greedy results and as many runner-ups as could be needed to refill the pool."""
+    from itertools import islice
+
+    from vllm_pudding.eval.sanity import free_text_excess
+    from vllm_pudding.search.pool import greedy_sets, runner_ups
+
+    cands = list(greedy_sets(runs, k))
+    for key, _ in islice(runner_ups(runs, k), 2 * pool_size):
+        if key not in cands:
+            cands.append(key)
+    excess = free_text_excess(model_dir, [list(c) for c in cands], n, dtype)
+    return dict(zip(cands, excess))
+
+
 def search(model_dir: Path, tasks: Sequence[str], k: int, n_examples: int, out: Path,
            prefix_k: Sequence[int] = (4,), pool_size: int = 10, dtype: str = "bfloat16",
            workers: int = 2, threads: int = 1, row_tokens: int = 512, chunk_tokens: int = 4096,
            compiled: bool = True, cache_root: Path | None = None,
-           examples: dict | None = None) -> dict:
+           examples: dict | None = None, sanity_bound: float | None = None,
+           sanity_n: int = 200) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     from vllm_pudding.default_model import cache_dir
@@ -259,9 +280,13 @@ def search(model_dir: Path, tasks: Sequence[str], k: int, n_examples: int, out: 
     def table(s):
         return {t: _round(score(t, tuple(s))) for t in tasks}
 
+    sanity = {kk: _sanity(model_dir, runs, kk, pool_size, sanity_n, dtype)
+              for kk in ks} if sanity_bound is not None else {}
     pools = {}
     for kk in ks:
-        pool = select_pool(runs, kk, pool_size, score=score)
+        excess = sanity.get(kk)
+        admissible = None if excess is None else (lambda s, e=excess: e[s] <= sanity_bound)
+        pool = select_pool(runs, kk, pool_size, score=score, admissible=admissible)
         for e in pool:
             e["scores"] = table(e["layers"])
             e["provenance"] = [_round(p) for p in e["provenance"]]
@@ -289,6 +314,11 @@ def search(model_dir: Path, tasks: Sequence[str], k: int, n_examples: int, out: 
         "sets": pools[k]["sets"],
         "dropped": pools[k]["dropped"],
         "prefix_pools": {str(kk): pools[kk] for kk in ks if kk != k},
+        **({"generation_sanity": {
+            "bound": sanity_bound, "n": sanity_n,
+            "measure": "free-text excess NLL over dense, nats/token (vllm_pudding.eval.sanity)",
+            "excess": {str(kk): {",".join(map(str, s_)): round(v, 4) for s_, v in e.items()}
+                       for kk, e in sanity.items()}}} if sanity else {}),
         "dense_scores": {t: _round(caches[t][()]) for t in tasks},
         "runs": [{**r.to_json(), "step_losses": [round(x, 5) for x in r.step_losses],
                   "rankings": [[[c, round(v, 5)] for c, v in rk] for rk in r.rankings]}
@@ -335,6 +365,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="HF layers eager instead of the torch.compile'd fused layer")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="checkpoint root (default: <pudding cache>/search)")
+    ap.add_argument("--sanity-bound", type=float, default=None,
+                    help="keep only sets whose free-text excess NLL over dense (nats/token, "
+                    "vllm_pudding.eval.sanity) is at most this, e.g. 1.8")
+    ap.add_argument("--sanity-n", type=int, default=200, help="free-text paragraphs")
     args = ap.parse_args(argv)
     if args.model is None:
         from vllm_pudding.default_model import ensure_default_model
@@ -345,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
                  prefix_k=args.prefix_k, pool_size=args.pool_size, dtype=args.dtype,
                  workers=args.workers, threads=args.threads, row_tokens=args.row_tokens,
                  chunk_tokens=args.chunk_tokens, compiled=not args.no_compile,
-                 cache_root=args.cache_dir)
+                 cache_root=args.cache_dir, sanity_bound=args.sanity_bound,
+                 sanity_n=args.sanity_n)
     print(f"{len(doc['sets'])} sets -> {args.out} "
           f"({doc['timing']['wall_seconds']:.0f}s wall)")
     for e in doc["sets"]:
