@@ -16,7 +16,6 @@ Label targets per (example, set):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
