@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     static.add_argument("--omit", required=True, help="comma-separated layer indices")
     pin = sub.add_parser("pin", help="write a pudding dir pinned to one pool set")
     pin.add_argument("pudding_dir", type=Path)
-    pin.add_argument("--set", dest="set_id", type=int, required=True, help="pool set id")
+    pin.add_argument("--set", dest="set_id", metavar="N", type=int, required=True,
+                     help="pool set id")
     pin.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "demo":
