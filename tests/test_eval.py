@@ -15,19 +15,20 @@ from conftest import TINY_SETS
 from tiny_models import hf_without_layers
 from vllm_pudding.data.mc import MCExample
 from vllm_pudding.eval import (Estimate, RunResult, ScoredExample, accuracy, encode_pair,
-                               evaluate_run, markdown_table, mean_of, oracle_rows, predict,
-                               score_examples, task_result, wilson)
+                               evaluate_run, markdown_table, mean_of, normalized_scores,
+                               oracle_rows, predict, score_examples, task_result, wilson)
 
 # ---------------------------------------------------------------- metrics (no engine)
 
 
-def _scored(logprobs, num_bytes, gold, task="arc_challenge", doc_id="0"):
+def _scored(logprobs, num_chars, gold, task="arc_challenge", doc_id="0"):
     return ScoredExample(task=task, doc_id=doc_id, gold=gold, set_id=None, logprobs=logprobs,
-                         num_tokens=[1] * len(logprobs), num_bytes=num_bytes)
+                         num_tokens=[1] * len(logprobs),
+                         num_bytes=[n + 1 for n in num_chars], num_chars=num_chars)
 
 
 def test_acc_and_acc_norm_on_hand_made_logprobs():
-    # acc picks the largest sum (-2.0, choice 1); acc_norm the largest per byte:
+    # acc picks the largest sum (-2.0, choice 1); acc_norm the largest per character:
     # -4/20 = -0.2 (choice 0) beats -2/5 = -0.4 and -3/6 = -0.5.
     s = _scored([-4.0, -2.0, -3.0], [20, 5, 6], gold=0)
     assert s.pred == 1 and s.pred_norm == 0
@@ -41,9 +42,31 @@ def test_acc_and_acc_norm_on_hand_made_logprobs():
     assert task_result("piqa", [s]).value.value == 0.0  # PIQA reports acc
 
 
+def test_acc_norm_divides_by_choice_characters_not_continuation_bytes():
+    """lm-eval's divisor is len(choice): characters, no leading space. Here the three
+    candidate divisors (chars, bytes, bytes with the space) each pick a different choice."""
+    ex = MCExample(task="arc_challenge", doc_id="0", contexts=["Question: q\nAnswer:"],
+                   continuations=[" 10 \u00b0C", " 5 m", " ab"], gold=1)
+    assert [ex.choice_text(c) for c in range(3)] == ["10 \u00b0C", "5 m", "ab"]
+    chars = [len(ex.choice_text(c)) for c in range(3)]               # [5, 3, 2]
+    spaced_bytes = [len(ex.pair(c)[1].encode()) for c in range(3)]    # [7, 4, 3]
+    lps = [-6.0, -3.3, -2.3]
+    s = ScoredExample(task="arc_challenge", doc_id="0", gold=1, set_id=None, logprobs=lps,
+                      num_tokens=[1] * 3, num_bytes=spaced_bytes, num_chars=chars)
+    assert normalized_scores(lps, chars).tolist() == pytest.approx([-1.2, -1.1, -1.15])
+    assert s.pred == 2 and s.pred_norm == 1 and s.correct_norm
+    assert predict(lps, [6, 3, 2]) == 0             # UTF-8 bytes of the choice
+    assert predict(lps, spaced_bytes) == 2          # the old divisor (bytes, space included)
+    # WinoGrande's choices are its partial contexts (lm-eval's doc_to_choice).
+    wg = MCExample(task="winogrande", doc_id="0", contexts=["The cup fell because Ann",
+                                                           "The cup fell because the table"],
+                   continuations=[" was wobbly."], gold=1)
+    assert [len(wg.choice_text(c)) for c in range(2)] == [24, 30]
+
+
 def test_mean_logprobs():
     s = ScoredExample(task="t", doc_id="0", gold=0, set_id=3, logprobs=[-6.0, -2.0],
-                      num_tokens=[3, 1], num_bytes=[9, 3])
+                      num_tokens=[3, 1], num_bytes=[9, 3], num_chars=[8, 2])
     assert s.mean_logprobs == [-2.0, -2.0]
 
 
@@ -153,6 +176,7 @@ def test_vllm_scores_match_hf(pudding_llm, tiny_base, tokenizer, examples, set_i
         assert a.logprobs == pytest.approx(r, abs=tol), ex.task
         assert b.logprobs == pytest.approx(r, abs=tol), ex.task
         assert a.num_bytes == [len(ex.pair(c)[1].encode()) for c in range(ex.num_choices)]
+        assert a.num_chars == [len(ex.choice_text(c)) for c in range(ex.num_choices)]
     # Sets really differ (the tiny model's depth matters).
     assert per_choice[0].logprobs != pytest.approx(
         score_examples(pudding_llm, tokenizer, examples[:1], (set_id + 1) % len(TINY_SETS),
@@ -324,3 +348,39 @@ def test_sanity_free_text_is_held_out_prose():
     assert len(exs) == 5 and len({e.continuations[0] for e in exs}) == 5
     assert all(e.contexts == [""] and len(e.continuations[0].split()) >= 20 for e in exs)
     assert [e.continuations for e in free_text_examples(5)] == [e.continuations for e in exs]
+
+
+# ---------------------------------------------------------------- stored scores (no engine)
+
+def test_read_results_fills_choice_lengths_of_old_files(tmp_path):
+    """Files scored before `num_chars` existed get it from the rebuilt examples, checked
+    against what the file holds (doc id, gold, continuation bytes)."""
+    import gzip
+
+    from vllm_pudding.data.tasks import validation_examples
+    from vllm_pudding.eval.stored import read_results
+
+    arc = validation_examples("arc_challenge", n=1000, seed=0)[:2]
+    wino = validation_examples("winogrande", n=1000, seed=0)[:1]
+
+    def old(ex):  # a stored example as written before num_chars
+        return {"task": ex.task, "doc_id": ex.doc_id, "gold": ex.gold, "set_id": 0,
+                "logprobs": [-1.0] * ex.num_choices, "num_tokens": [1] * ex.num_choices,
+                "num_bytes": [len(ex.pair(c)[1].encode()) for c in range(ex.num_choices)]}
+    data = {"split": "validation", "n": 1000, "seed": 0,
+            "examples": {"set0": {"arc_challenge": [old(e) for e in arc],
+                                  "winogrande": [old(e) for e in wino]}}}
+    path = tmp_path / "old.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(data).encode()))
+    got = read_results(path)["examples"]["set0"]
+    for ex, e in zip(arc + wino, got["arc_challenge"] + got["winogrande"]):
+        assert e["num_chars"] == [len(ex.choice_text(c)) for c in range(ex.num_choices)]
+    lens = [len(c) - 1 for c in arc[0].continuations]  # ARC: the continuation less its space
+    assert got["arc_challenge"][0]["num_chars"] == lens
+    # Equal sums: acc_norm picks the longest choice (the first of the longest).
+    assert ScoredExample(**got["arc_challenge"][0]).pred_norm == lens.index(max(lens))
+    bad = json.loads(json.dumps(data))
+    bad["examples"]["set0"]["arc_challenge"][1]["num_bytes"][0] += 1
+    path.write_bytes(gzip.compress(json.dumps(bad).encode()))
+    with pytest.raises(ValueError, match="differs from the rebuilt example"):
+        read_results(path)

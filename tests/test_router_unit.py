@@ -165,7 +165,8 @@ def test_labels_targets_and_routed_accuracy(tmp_path):
 
     def ex(doc, gold, lps):
         return {"task": "arc_easy", "doc_id": doc, "gold": gold, "set_id": 0, "logprobs": lps,
-                "num_tokens": [2] * len(lps), "num_bytes": [4] * len(lps)}
+                "num_tokens": [2] * len(lps), "num_bytes": [4] * len(lps),
+                "num_chars": [3] * len(lps)}
     runs = {"set0": {"arc_easy": [ex("a", 0, [-1.0, -2.0]), ex("b", 1, [-1.0, -3.0])]},
             "set1": {"arc_easy": [ex("a", 0, [-3.0, -2.0]), ex("b", 1, [-4.0, -1.0])]}}
     path = tmp_path / "scores.json"
@@ -178,6 +179,21 @@ def test_labels_targets_and_routed_accuracy(tmp_path):
     assert routed_accuracy(t, [0, 1]) == 1.0 and routed_accuracy(t, [1, 0]) == 0.0
     with pytest.raises(ValueError, match="no per-example scores"):
         load_tables([path], 3)
+
+
+def test_labels_acc_norm_uses_choice_characters(tmp_path):
+    """ARC-C reports acc_norm: the label scores divide by choice characters (lm-eval's
+    definition, `eval.metrics.normalized_scores`), not by continuation bytes."""
+    from vllm_pudding.router.labels import load_tables
+
+    # chars [4, 1]: -4/4 = -1.0 beats -1.5/1; bytes with the space [5, 2]: -0.8 < -0.75.
+    ex = {"task": "arc_challenge", "doc_id": "a", "gold": 0, "set_id": 0,
+          "logprobs": [-4.0, -1.5], "num_tokens": [1, 1], "num_bytes": [5, 2],
+          "num_chars": [4, 1]}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps({"examples": {"set0": {"arc_challenge": [ex]}}}))
+    t = load_tables([path], 1)["arc_challenge"]
+    assert t.scores[0, 0].tolist() == [-1.0, -1.5] and t.correct.tolist() == [[True]]
 
 
 def test_winogrande_router_text_has_a_blank():

@@ -4,6 +4,10 @@
     pudding default-dir              build (once) and print the default pudding model dir
     pudding static MODEL_DIR OUT --omit 3,5,9
                                      write a checkpoint with those layers physically removed
+    pudding pin PUDDING_DIR --set N OUT
+                                     write a pudding dir whose requests all run set N (no
+                                     router, default set N): for clients that cannot send
+                                     `pudding_set`, e.g. lm-evaluation-harness
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     static.add_argument("model_dir", type=Path)
     static.add_argument("out", type=Path)
     static.add_argument("--omit", required=True, help="comma-separated layer indices")
+    pin = sub.add_parser("pin", help="write a pudding dir pinned to one pool set")
+    pin.add_argument("pudding_dir", type=Path)
+    pin.add_argument("--set", dest="set_id", metavar="N", type=int, required=True,
+                     help="pool set id")
+    pin.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from vllm_pudding.demo import main as demo
@@ -36,6 +45,13 @@ def main(argv: list[str] | None = None) -> None:
 
         omit = sorted(int(x) for x in args.omit.split(",") if x.strip())
         print(write_static_checkpoint(args.model_dir, omit, args.out))
+    elif args.command == "pin":
+        from vllm_pudding.pin import pin_pudding_dir
+
+        try:
+            print(pin_pudding_dir(args.pudding_dir, args.set_id, args.out))
+        except ValueError as e:
+            pin.error(str(e))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
+TARGET_DELIMITER = " "
+"""lm-eval's default `target_delimiter`: put between context and choice, so every
+continuation here starts with it."""
+
 
 class MCExample(msgspec.Struct, frozen=True):
     """One example scored by log-likelihood of each continuation after a shared context.
@@ -32,3 +36,11 @@ class MCExample(msgspec.Struct, frozen=True):
         ctx = self.contexts[choice if len(self.contexts) > 1 else 0]
         cont = self.continuations[choice if len(self.continuations) > 1 else 0]
         return ctx, cont
+
+    def choice_text(self, choice: int) -> str:
+        """The choice as lm-eval's `doc_to_choice` gives it (what acc_norm's length counts):
+        the continuation without the target delimiter, or, for per-choice contexts
+        (WinoGrande's partial scoring), that choice's context."""
+        if len(self.contexts) > 1:
+            return self.contexts[choice]
+        return self.continuations[choice].removeprefix(TARGET_DELIMITER)

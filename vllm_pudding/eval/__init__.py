@@ -7,8 +7,8 @@
 CLI: ``python -m vllm_pudding.eval --help``.
 """
 
-from vllm_pudding.eval.metrics import (INTERVAL, Estimate, accuracy, mean_of, predict,
-                                       wilson)
+from vllm_pudding.eval.metrics import (ACC_NORM, INTERVAL, Estimate, accuracy, mean_of,
+                                       normalized_scores, predict, wilson)
 from vllm_pudding.eval.run import (RunResult, TaskResult, averages, evaluate_run,
                                    markdown_table, oracle_rows, results_json, task_result,
                                    timing_table)
@@ -16,8 +16,8 @@ from vllm_pudding.eval.scoring import (ScoredExample, ScoreStats, encode_pair,
                                        score_examples, set_chooser)
 
 __all__ = [
-    "INTERVAL", "Estimate", "RunResult", "ScoreStats", "ScoredExample", "TaskResult",
-    "accuracy", "averages", "encode_pair", "evaluate_run", "markdown_table", "mean_of",
-    "oracle_rows", "predict", "results_json", "score_examples", "set_chooser", "task_result",
-    "timing_table", "wilson",
+    "ACC_NORM", "INTERVAL", "Estimate", "RunResult", "ScoreStats", "ScoredExample",
+    "TaskResult", "accuracy", "averages", "encode_pair", "evaluate_run", "markdown_table",
+    "mean_of", "normalized_scores", "oracle_rows", "predict", "results_json",
+    "score_examples", "set_chooser", "task_result", "timing_table", "wilson",
 ]

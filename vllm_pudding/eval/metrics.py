@@ -1,8 +1,12 @@
 """Accuracy metrics of scored multiple-choice examples, with 95% intervals.
 
-acc and acc_norm as lm-evaluation-harness defines them: the prediction is the argmax
-(first index on ties, like numpy) of the summed continuation log-probs, for acc_norm
-divided by the continuation's length in UTF-8 bytes.
+acc and acc_norm exactly as lm-evaluation-harness computes them
+(`ConfigurableTask.process_results`, multiple_choice, 0.4.x): the prediction is
+`np.argmax` (first index on ties) of the summed continuation log-probs; for acc_norm, of
+those sums divided by each choice's length in characters, `len(choice)` of the choice
+string as the task's `doc_to_choice` gives it: without the leading target-delimiter space
+(WinoGrande: the partial contexts, its choices). `normalized_scores` is the one place
+this is computed; every consumer (scored examples, router labels, reports) goes through it.
 
 Intervals: Wilson score interval, 95% (z = 1.959964), for one task's accuracy; for an
 average over tasks, a normal approximation with the tasks' binomial variances added
@@ -15,9 +19,12 @@ import math
 from typing import Iterable, Sequence
 
 import msgspec
+import numpy as np
 
 Z95 = 1.959963984540054
 INTERVAL = "95% Wilson score interval (averages over tasks: normal approximation)"
+ACC_NORM = ("acc_norm as lm-eval computes it: summed log-prob / the choice's length in "
+            "characters (no leading space).")
 
 
 class Estimate(msgspec.Struct, frozen=True):
@@ -56,20 +63,22 @@ def mean_of(estimates: Sequence[Estimate], z: float = Z95) -> Estimate:
                     sum(e.n for e in estimates))
 
 
-def argmax(values: Sequence[float]) -> int:
-    """Index of the largest value; the first one on ties (numpy's rule)."""
-    best = 0
-    for i, v in enumerate(values):
-        if v > values[best]:
-            best = i
-    return best
+def normalized_scores(logprobs: Sequence[float], num_chars: Sequence[int]) -> np.ndarray:
+    """acc_norm's per-choice scores: summed log-prob / choice length in characters.
+
+    numpy float division, as lm-eval's `lls / completion_len` (an empty choice gives
+    -inf, or nan for a zero log-prob, and numpy's argmax picks a nan first, as there).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(logprobs, dtype=np.float64) / np.asarray(num_chars, dtype=np.float64)
 
 
-def predict(logprobs: Sequence[float], num_bytes: Sequence[int] | None = None) -> int:
-    """acc prediction (num_bytes None) or acc_norm prediction (log-prob per byte)."""
-    if num_bytes is None:
-        return argmax(logprobs)
-    return argmax([lp / max(b, 1) for lp, b in zip(logprobs, num_bytes)])
+def predict(logprobs: Sequence[float], num_chars: Sequence[int] | None = None) -> int:
+    """acc prediction (num_chars None) or acc_norm prediction (`normalized_scores`);
+    `np.argmax`: the first index on ties."""
+    if num_chars is None:
+        return int(np.argmax(np.asarray(logprobs, dtype=np.float64)))
+    return int(np.argmax(normalized_scores(logprobs, num_chars)))
 
 
 def accuracy(correct: Iterable[bool]) -> Estimate:

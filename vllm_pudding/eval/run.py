@@ -22,7 +22,7 @@ import msgspec
 
 from vllm_pudding.data.mc import MCExample
 from vllm_pudding.data.tasks import CALIBRATION_TASKS, METRIC, UNSEEN_TASKS
-from vllm_pudding.eval.metrics import INTERVAL, Estimate, accuracy, mean_of
+from vllm_pudding.eval.metrics import ACC_NORM, INTERVAL, Estimate, accuracy, mean_of
 from vllm_pudding.eval.scoring import ScoredExample, ScoreStats, score_examples
 
 
@@ -138,7 +138,7 @@ def markdown_table(runs: Sequence[RunResult], digits: int = 1) -> str:
         cells += [avg[a].fmt(digits) if a in avg else "" for a in avg_names]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Percent; brackets: {INTERVAL}. acc_norm divides by continuation UTF-8 bytes.")
+    lines.append(f"Percent; brackets: {INTERVAL}. {ACC_NORM}")
     return "\n".join(lines)
 
 

@@ -49,7 +49,12 @@ class ScoredExample(msgspec.Struct):
     num_tokens: list[int]
     """Continuation tokens per choice."""
     num_bytes: list[int]
-    """Continuation length in UTF-8 bytes per choice (leading space included)."""
+    """Continuation length in UTF-8 bytes per choice (leading space included); not a
+    metric's divisor, kept as the stored files have it (it checks re-built examples)."""
+    num_chars: list[int]
+    """Length in characters of each choice as lm-eval's `doc_to_choice` gives it
+    (`MCExample.choice_text`): acc_norm's divisor. Stored files written before it existed
+    get it from `vllm_pudding.eval.stored.read_results`."""
 
     @property
     def mean_logprobs(self) -> list[float]:
@@ -62,7 +67,7 @@ class ScoredExample(msgspec.Struct):
 
     @property
     def pred_norm(self) -> int:
-        return predict(self.logprobs, self.num_bytes)
+        return predict(self.logprobs, self.num_chars)
 
     @property
     def correct(self) -> bool:
@@ -202,5 +207,6 @@ def score_examples(llm, tokenizer, examples: Sequence[MCExample], sets: Any = No
     return [ScoredExample(task=ex.task, doc_id=ex.doc_id, gold=ex.gold, set_id=set_ids[i],
                           logprobs=logprobs[i], num_tokens=num_tokens[i],
                           num_bytes=[len(ex.pair(c)[1].encode("utf-8"))
-                                     for c in range(ex.num_choices)])
+                                     for c in range(ex.num_choices)],
+                          num_chars=[len(ex.choice_text(c)) for c in range(ex.num_choices)])
             for i, ex in enumerate(examples)]

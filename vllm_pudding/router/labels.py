@@ -8,14 +8,14 @@ split across processes) merge by run label.
 Label targets per (example, set):
 - "likelihood": mean per-token log-prob of the correct continuation (the paper's);
 - "choice_logprob": log-softmax over the choices, at the correct one, of the task's
-  metric scores (summed log-probs for acc, per byte for acc_norm): how surely the
-  set picks the right answer, the quantity accuracy thresholds;
+  metric scores (summed log-probs for acc; for acc_norm per character of the choice,
+  `eval.metrics.normalized_scores`): how surely the set picks the right answer, the
+  quantity accuracy thresholds;
 - "correct": 1 when the set's prediction is right under the task's metric.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,8 @@ import numpy as np
 
 from vllm_pudding.data.mc import MCExample
 from vllm_pudding.data.tasks import METRIC
+from vllm_pudding.eval.metrics import normalized_scores
+from vllm_pudding.eval.stored import read_results
 
 TARGETS = ("likelihood", "choice_logprob", "correct")
 
@@ -70,24 +72,15 @@ class TaskTable:
 
 def _metric_scores(ex: dict, metric: str) -> list[float]:
     if metric == "acc_norm":
-        return [lp / max(b, 1) for lp, b in zip(ex["logprobs"], ex["num_bytes"])]
+        return normalized_scores(ex["logprobs"], ex["num_chars"]).tolist()
     return list(ex["logprobs"])
-
-
-def read_json(path: Path):
-    """A results JSON, plain or gzipped (committed score tables are .json.gz)."""
-    import gzip
-
-    path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return json.loads(raw)
 
 
 def load_tables(paths: Sequence[Path], num_sets: int, prefix: str = "set") -> dict[str, TaskTable]:
     """Per task, the examples scored under every pool set `set0..set{num_sets-1}`."""
     runs: dict[str, dict] = {}
     for p in paths:
-        runs.update(read_json(p).get("examples", {}))
+        runs.update(read_results(p).get("examples", {}))
     labels = [f"{prefix}{i}" for i in range(num_sets)]
     missing = [l for l in labels if l not in runs]
     if missing:

@@ -26,14 +26,14 @@ import numpy as np
 from vllm_pudding.eval.run import (RunResult, averages, markdown_table, oracle_rows,
                                    task_result)
 from vllm_pudding.eval.scoring import ScoredExample
-from vllm_pudding.router.labels import read_json
+from vllm_pudding.eval.stored import read_results
 
 
 def load_runs(paths: list[Path]) -> tuple[list[RunResult], dict]:
     """Runs of several eval JSONs, merged by label (per-example scores kept)."""
     runs, meta = {}, {}
     for p in paths:
-        data = read_json(p)
+        data = read_results(p)
         meta = meta or {k: data[k] for k in ("n", "seed", "dtype", "tasks") if k in data}
         for label, r in data["runs"].items():
             if label.startswith("oracle"):
