@@ -21,8 +21,8 @@ per-call overhead could outweigh the fusion, and it is unmeasured (no vLLM on th
 machine), so it stays off there until measured.
 `engine_config` still forces `enforce_eager=True` on vLLM (its whole-model compile
 and CUDA graphs cannot capture the loop) after `resolve` has read the user's choice.
-Shapes: the token dimension is marked unbacked on every call, so one compile covers
-every batch size, 1 included (dynamo would otherwise specialise size 1, and a layer
+Shapes: the token dimension is marked unbacked on the call that compiles, so one compile
+covers every batch size, 1 included (dynamo would otherwise specialise size 1, and a layer
 seen first whole and then on a row subset would compile again); hidden sizes stay
 static. `patches/compile_warmup.py` runs that one compile at engine start. Each layer gets its own copy of the forward's
 code object: dynamo keeps its compiled entries and its recompile limit (8) per code
@@ -107,15 +107,22 @@ class CompiledForward:
     def __init__(self, eager, options: dict | None):
         self.eager = eager
         self.compiled = torch.compile(eager, options=options)
+        self.traced = False
 
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
             return self.eager(*args, **kwargs)
         args = _residual_as_tensor(args)
-        _mark_token_dim_unbacked(args)
+        if not self.traced:
+            # Only the call that compiles needs the marks: the graph it makes has no guard
+            # on the token dimension, so later calls of any size hit it unmarked. Marking
+            # costs tens of microseconds a call (3 tensors), x every layer x every step.
+            _mark_token_dim_unbacked(args)
         try:
-            return self.compiled(*args, **kwargs)
+            out = self.compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as e:  # includes backend failures
             logger.warning("vllm-pudding: layer compile failed, running it eager: %s", e)
             self.compiled = None
             return self.eager(*args, **kwargs)
+        self.traced = True
+        return out
