@@ -4,6 +4,9 @@
     pudding default-dir              build (once) and print the default pudding model dir
     pudding static MODEL_DIR OUT --omit 3,5,9
                                      write a checkpoint with those layers physically removed
+    pudding build BASE_DIR OUT_DIR --k 7
+                                     pool search, router labels, router, pudding dir
+                                     (resumable; `pudding build --help`, vllm_pudding/build.py)
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     static.add_argument("model_dir", type=Path)
     static.add_argument("out", type=Path)
     static.add_argument("--omit", required=True, help="comma-separated layer indices")
+    from vllm_pudding.build import add_arguments as build_arguments
+
+    build_arguments(sub.add_parser("build", help="build a pudding dir for a Llama checkpoint"))
     args = parser.parse_args(argv)
     if args.command == "demo":
         from vllm_pudding.demo import main as demo
@@ -36,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
 
         omit = sorted(int(x) for x in args.omit.split(",") if x.strip())
         print(write_static_checkpoint(args.model_dir, omit, args.out))
+    elif args.command == "build":
+        from vllm_pudding.build import build, from_namespace
+
+        build(from_namespace(args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 
 from vllm.logger import init_logger
 
-from vllm_pudding import layer_compile
+from vllm_pudding import layer_compile, spread
 from vllm_pudding.config import from_hf_config
 
 logger = init_logger(__name__)
@@ -44,6 +44,7 @@ class PuddingEngineConfig:
         if vllm_config.parallel_config.pipeline_parallel_size > 1:
             raise ValueError("vllm-pudding does not support pipeline parallelism")
         layer_compile.resolve(vllm_config)
+        spread.configured_mode(vllm_config.additional_config)  # a bad value fails at start
         if not model_config.enforce_eager:
             logger.info("vllm-pudding: enforce_eager=True for vLLM (the per-request layer "
                         "loop cannot be captured by its whole-model compile or CUDA graphs; "
@@ -52,6 +53,25 @@ class PuddingEngineConfig:
         logger.info("vllm-pudding: pool of %d sets, k=%d, default set %d%s",
                     len(pool.omission_sets), pool.k, pool.default_set,
                     " (provisional pool)" if pool.provisional else "")
+        if pool.router is None:
+            _say_no_router(model_config.model, pool.default_set)
+
+
+def _say_no_router(model_dir: str, default_set: int) -> None:
+    """Once per process: a dir without a router serves requests that name no set at one
+    depth; the user should know, and how to train one (`pudding build`, vllm_pudding/build.py)."""
+    from pathlib import Path
+
+    from vllm_pudding.artifact import base_model
+
+    try:
+        base = str(base_model(Path(model_dir)))
+    except (ValueError, KeyError, OSError):
+        base = "BASE_DIR"
+    logger.warning_once(
+        "vllm-pudding: this pudding dir has no router: requests that name no pudding_set run "
+        "default_set %d. Train one (router labels through the engine, then the head) with: "
+        "pudding build %s OUT_DIR --pool %s", default_set, base, model_dir)
 
 
 def register(architectures) -> None:

@@ -20,6 +20,7 @@ PATCHES = (
     "engine_routes",  # sets the in-engine (hidden) router decides reach the caller
     "omission_admission",  # opt-in: admit waiting requests that share the batch's omitted layers
     "compile_warmup",  # compiled layers compile at engine start (CPU)
+    "model_names",  # `pudding/<name>` resolves wherever vLLM takes a model
 )
 
 _applied = False

@@ -94,6 +94,16 @@ def _to_engine(params):
     return _private(params, {ROUTE_ARG: True, ROUTED_ARG: True})
 
 
+def _spread(engine, params):
+    """A set from `pudding_spread_sets` (spread.py) for a request that names none."""
+    from vllm_pudding import spread
+
+    spreader = spread.for_engine(engine)
+    if spreader is None or not _needs_route(params):
+        return params
+    return _private(params, {SET_ARG: spreader.next()})
+
+
 def _private(params, extra: dict):
     copy = params.clone()
     copy.extra_args = {**(params.extra_args or {}), **extra}
@@ -104,6 +114,7 @@ def _private(params, extra: dict):
 
 def _wrap_offline(original):
     def _render_and_add_requests(self, prompts, params, **kwargs):
+        params = [_spread(self, p) for p in params]
         router = _router(self.model_config)
         if router is not None and any(_needs_route(p) for p in params):
             prompts, params = list(prompts), list(params)
@@ -168,6 +179,7 @@ def _batcher(engine):
 
 def _wrap_async(original):
     async def add_request(self, request_id, prompt, params, *args, **kwargs):
+        params = _spread(self, params)
         if _needs_route(params) and not isinstance(prompt, AsyncGenerator):
             try:
                 batcher = _batcher(self)
