@@ -32,34 +32,61 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 STEPS = ("pool", "labels", "router", "dir")
 STATE_FILE = "state.json"
 
 
-@dataclass
-class BuildArgs:
-    """What a build depends on (the knobs of `pudding build`)."""
+class BuildArgs(BaseModel):
+    """What a build depends on: the knobs of `pudding build`, validated."""
 
-    base: Path
-    out: Path
-    k: int = 7
-    examples: int = 128
-    label_examples: int = 640
-    router_kind: str = "hidden"
-    tasks: tuple[str, ...] = ()
-    pool: str | None = None
-    pool_size: int = 10
-    workers: int = 2
-    compiled: bool = True
-    """torch.compile in the pool search and the labels engine; off: faster start, slower steps."""
-    chat_augment: bool | None = None
-    """None: on when the base tokenizer has a chat template (an instruct model)."""
-    epochs: int = 300
-    dtype: str = "bfloat16"
-    work_dir: Path | None = None
-    stop_after: str | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: Path = Field(description="HF Llama model dir (the dense checkpoint).")
+    out: Path = Field(description="The pudding model dir to write.")
+    k: int = Field(7, ge=1, description="Layers each set omits.")
+    examples: int = Field(128, ge=1, description="Train examples per task, pool search.")
+    label_examples: int = Field(640, ge=2, description="Train examples per task scored "
+                                "under every set (router labels; 20% held out).")
+    router_kind: Literal["hidden", "text"] = Field("hidden", description="hidden: the "
+                                                   "engine's residual stream; text: MiniLM.")
+    tasks: tuple[str, ...] = Field(description="Calibration tasks (train splits).")
+    pool: str | None = Field(None, description="Skip the search: a pool JSON, a pudding dir "
+                             "or a pudding/<name>.")
+    pool_size: int = Field(10, ge=1)
+    workers: int = Field(2, ge=1, description="Pool search processes.")
+    compiled: bool = Field(True, description="torch.compile in the pool search and the "
+                           "labels engine; off: faster start, slower steps.")
+    chat_augment: bool | None = Field(None, description="Also train the router on "
+                                      "chat-templated prompts; None: when the base "
+                                      "tokenizer has a chat template (an instruct model).")
+    epochs: int = Field(300, ge=1, description="Router head epochs.")
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    work_dir: Path | None = Field(None, description="Where the steps keep their outputs "
+                                  "(default: <cache>/build/<out name>-<hash>).")
+    stop_after: Literal["pool", "labels", "router", "dir"] | None = Field(
+        None, description="End after this step (a rerun without it resumes).")
+
+    @field_validator("base")
+    @classmethod
+    def _is_model_dir(cls, base: Path) -> Path:
+        if not (Path(base) / "config.json").is_file():
+            raise ValueError(f"{base}: no config.json (expected an HF Llama model dir)")
+        return base
+
+    @field_validator("tasks")
+    @classmethod
+    def _has_tasks(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        from vllm_pudding.data.tasks import CALIBRATION_TASKS
+
+        bad = [t for t in tasks if t not in CALIBRATION_TASKS]
+        if not tasks or bad:
+            raise ValueError(f"tasks {list(tasks)}: choose from {', '.join(CALIBRATION_TASKS)} "
+                             "(the tasks with a train split here)")
+        return tasks
 
 
 @dataclass
@@ -77,7 +104,6 @@ class Build:
     args: BuildArgs
     work: Path
     state: dict = field(default_factory=dict)
-    log: Callable[[str], None] = print
 
     # ------------------------------------------------------------------ paths
     @property
@@ -113,7 +139,9 @@ class Build:
                       "chat_augment": a.chat_augment}
         kind_dir = self.router_dir / a.router_kind
         return [Step("pool", pool_key, self.make_pool, self.pool_json.is_file),
-                Step("labels", labels_key, self.make_labels, self.labels_json.is_file),
+                Step("labels", labels_key, self.make_labels,
+                     lambda: self.labels_json.is_file() and (self.labels_dir / "config.json")
+                     .is_file()),
                 Step("router", router_key, self.make_router,
                      lambda: (kind_dir / "router.json").is_file()),
                 Step("dir", {"router": router_key, "out": str(Path(a.out).resolve())},
@@ -134,6 +162,8 @@ class Build:
         if a.pool is not None:
             doc = pool_document(a.pool)
             self.pool_json.write_text(dump_json(doc))
+            layers = json.loads((Path(a.base) / "config.json").read_text())["num_hidden_layers"]
+            self.pool().check(layers)  # a pool for another depth fails here, naming the set
         else:  # writes pool.json as `python -m vllm_pudding.search --out` does
             doc = search(a.base, a.tasks, a.k, a.examples, self.pool_json,
                          pool_size=a.pool_size, dtype=a.dtype, workers=a.workers,
@@ -302,14 +332,8 @@ def default_work_dir(out: Path) -> Path:
 def build(args: BuildArgs, log: Callable[[str], None] = print) -> dict:
     """Runs (or resumes) the build; returns each visited step's key, seconds, result and
     whether it was skipped (done before)."""
-    if args.stop_after is not None and args.stop_after not in STEPS:
-        raise ValueError(f"--stop-after {args.stop_after!r}: one of {', '.join(STEPS)}")
-    if args.router_kind not in ("hidden", "text"):
-        raise ValueError(f"--router-kind {args.router_kind!r}: hidden or text")
-    if not (Path(args.base) / "config.json").is_file():
-        raise ValueError(f"{args.base}: no config.json (expected an HF Llama model dir)")
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.out)
-    state = Build(args, work, log=log).run()
+    state = Build(args, work).run()
     log(summary(state, args, work))
     return state
 
@@ -319,12 +343,7 @@ def _tasks(spec: str) -> tuple[str, ...]:
 
     if spec in ("calib6", "all"):
         return tuple(CALIBRATION_TASKS)
-    tasks = tuple(t.strip() for t in spec.split(",") if t.strip())
-    bad = [t for t in tasks if t not in CALIBRATION_TASKS]
-    if bad:
-        raise ValueError(f"--tasks: {bad} have no train split here; "
-                         f"choose from {', '.join(CALIBRATION_TASKS)}")
-    return tasks
+    return tuple(t.strip() for t in spec.split(",") if t.strip())
 
 
 def _digest(key: dict) -> str:
@@ -382,9 +401,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def from_namespace(ns: argparse.Namespace) -> BuildArgs:
-    return BuildArgs(base=ns.base, out=ns.out, k=ns.k, examples=ns.examples,
-                     label_examples=ns.label_examples, router_kind=ns.router_kind,
-                     tasks=_tasks(ns.tasks), pool=ns.pool, pool_size=ns.pool_size,
-                     workers=ns.workers, compiled=not ns.eager,
-                     chat_augment={"auto": None, "on": True, "off": False}[ns.chat_augment], epochs=ns.epochs, dtype=ns.dtype,
-                     work_dir=ns.work_dir, stop_after=ns.stop_after)
+    """The validated knobs; a bad one ends the command with its message (no traceback)."""
+    from pydantic import ValidationError
+
+    try:
+        return BuildArgs(
+            base=ns.base, out=ns.out, k=ns.k, examples=ns.examples,
+            label_examples=ns.label_examples, router_kind=ns.router_kind,
+            tasks=_tasks(ns.tasks), pool=ns.pool, pool_size=ns.pool_size, workers=ns.workers,
+            compiled=not ns.eager, epochs=ns.epochs, dtype=ns.dtype, work_dir=ns.work_dir,
+            chat_augment={"auto": None, "on": True, "off": False}[ns.chat_augment],
+            stop_after=ns.stop_after)
+    except ValidationError as e:
+        raise SystemExit("pudding build: " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None

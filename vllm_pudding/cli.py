@@ -25,9 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     static.add_argument("model_dir", type=Path)
     static.add_argument("out", type=Path)
     static.add_argument("--omit", required=True, help="comma-separated layer indices")
-    from vllm_pudding.build import add_arguments as build_arguments
+    from vllm_pudding import build
 
-    build_arguments(sub.add_parser("build", help="build a pudding dir for a Llama checkpoint"))
+    build.add_arguments(sub.add_parser(
+        "build", help="build a pudding dir for a Llama checkpoint", description=build.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "demo":
         from vllm_pudding.demo import main as demo
@@ -43,9 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         omit = sorted(int(x) for x in args.omit.split(",") if x.strip())
         print(write_static_checkpoint(args.model_dir, omit, args.out))
     elif args.command == "build":
-        from vllm_pudding.build import build, from_namespace
-
-        build(from_namespace(args))
+        build.build(build.from_namespace(args))
 
 
 if __name__ == "__main__":

