@@ -176,7 +176,7 @@ class Build:
 
         a = self.args
         build_pudding_dir(a.base, self.pool(), self.labels_dir,
-                          meta={"pudding_build": "labels engine (no router)"})
+                          meta={"router_labels_engine": True})  # no "train a router" advice
         eval_main(["--model", str(self.labels_dir), "--split", "train",
                    "--tasks", ",".join(a.tasks), "--n", str(a.label_examples), "--sets", "all",
                    "--dtype", a.dtype, "--max-model-len", str(_max_model_len(a.base)),

@@ -59,19 +59,24 @@ class PuddingEngineConfig:
 
 def _say_no_router(model_dir: str, default_set: int) -> None:
     """Once per process: a dir without a router serves requests that name no set at one
-    depth; the user should know, and how to train one (`pudding build`, vllm_pudding/build.py)."""
+    depth; the user should know, and how to train one (`pudding build`, vllm_pudding/build.py).
+    Silent for the router-less dir that `pudding build` scores its router labels on."""
+    import json
     from pathlib import Path
 
-    from vllm_pudding.artifact import base_model
+    from vllm_pudding.artifact import META_FILE
 
     try:
-        base = str(base_model(Path(model_dir)))
-    except (ValueError, KeyError, OSError):
-        base = "BASE_DIR"
+        meta = json.loads((Path(model_dir) / META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if meta.get("router_labels_engine"):
+        return
     logger.warning_once(
         "vllm-pudding: this pudding dir has no router: requests that name no pudding_set run "
         "default_set %d. Train one (router labels through the engine, then the head) with: "
-        "pudding build %s OUT_DIR --pool %s", default_set, base, model_dir)
+        "pudding build %s OUT_DIR --pool %s", default_set, meta.get("base_model", "BASE_DIR"),
+        model_dir)
 
 
 def register(architectures) -> None:
