@@ -8,6 +8,9 @@
                                      write a pudding dir whose requests all run set N (no
                                      router, default set N): for clients that cannot send
                                      `pudding_set`, e.g. lm-evaluation-harness
+    pudding build BASE_DIR OUT_DIR --k 7
+                                     pool search, router labels, router, pudding dir
+                                     (resumable; `pudding build --help`, vllm_pudding/build.py)
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     pin.add_argument("--set", dest="set_id", metavar="N", type=int, required=True,
                      help="pool set id")
     pin.add_argument("out", type=Path)
+    from vllm_pudding import build
+
+    build.add_arguments(sub.add_parser(
+        "build", help="build a pudding dir for a Llama checkpoint", description=build.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "demo":
         from vllm_pudding.demo import main as demo
@@ -52,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
             print(pin_pudding_dir(args.pudding_dir, args.set_id, args.out))
         except ValueError as e:
             pin.error(str(e))
+    elif args.command == "build":
+        build.build(build.from_namespace(args))
 
 
 if __name__ == "__main__":

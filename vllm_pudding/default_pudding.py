@@ -18,7 +18,6 @@ Command (builds if needed, prints the path)::
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -35,12 +34,9 @@ extra model compute (router/in_engine.py); same validation accuracy as the text 
 
 def default_pool() -> tuple[PuddingConfig, dict]:
     """The committed pool as a validated config, plus its provenance metadata."""
-    raw = json.loads(resources.files("vllm_pudding.pools").joinpath(POOL_FILE).read_text())
-    pool = PuddingConfig(omission_sets=[s["layers"] for s in raw["sets"]],
-                         provisional=bool(raw.get("provisional", False)),
-                         routable_sets=raw.get("routable_sets"))
-    pool.check(raw["num_layers"])
-    return pool, {"pool_file": POOL_FILE, "pool": raw}
+    from vllm_pudding.names import packaged_pool
+
+    return packaged_pool(POOL_FILE)
 
 
 def default_router() -> Path | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from vllm.logger import init_logger
 
-from vllm_pudding import layer_compile, supported
+from vllm_pudding import layer_compile, spread, supported
 from vllm_pudding.config import from_hf_config
 
 logger = init_logger(__name__)
@@ -39,6 +39,7 @@ class PuddingEngineConfig:
         supported.check(vllm_config)  # raises ValueError naming every unsupported setting
         supported.choose_default_backend(vllm_config)
         layer_compile.resolve(vllm_config)
+        spread.configured_mode(vllm_config.additional_config)  # a bad value fails at start
         if not model_config.enforce_eager:
             logger.info("vllm-pudding: enforce_eager=True for vLLM (the per-request layer "
                         "loop cannot be captured by its whole-model compile or CUDA graphs; "
@@ -47,6 +48,30 @@ class PuddingEngineConfig:
         logger.info("vllm-pudding: pool of %d sets, k=%d, default set %d%s",
                     len(pool.omission_sets), pool.k, pool.default_set,
                     " (provisional pool)" if pool.provisional else "")
+        if pool.router is None:
+            _say_no_router(model_config.model, pool.default_set)
+
+
+def _say_no_router(model_dir: str, default_set: int) -> None:
+    """Once per process: a dir without a router serves requests that name no set at one
+    depth; the user should know, and how to train one (`pudding build`, vllm_pudding/build.py).
+    Silent for the router-less dir that `pudding build` scores its router labels on."""
+    import json
+    from pathlib import Path
+
+    from vllm_pudding.artifact import META_FILE
+
+    try:
+        meta = json.loads((Path(model_dir) / META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if meta.get("router_labels_engine"):
+        return
+    logger.warning_once(
+        "vllm-pudding: this pudding dir has no router: requests that name no pudding_set run "
+        "default_set %d. Train one (router labels through the engine, then the head) with: "
+        "pudding build %s OUT_DIR --pool %s", default_set, meta.get("base_model", "BASE_DIR"),
+        model_dir)
 
 
 def register(architectures) -> None:

@@ -57,7 +57,8 @@ def _load_extra(spec: str | None) -> dict[str, list[int]]:
 def _engine(model: Path, args):
     from vllm import LLM
 
-    kw = dict(dtype=args.dtype, max_model_len=args.max_model_len, seed=0)
+    kw = dict(dtype=args.dtype, max_model_len=args.max_model_len, seed=0,
+              enforce_eager=args.enforce_eager)
     if args.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     return LLM(model=str(model), **kw)
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="no compiled layers: faster engine start, slower scoring (small runs)")
     p.add_argument("--no-shared-context", action="store_true",
                    help="score single-token choices with one request per choice too")
     args = p.parse_args(argv)

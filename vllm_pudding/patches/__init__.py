@@ -23,6 +23,7 @@ PATCHES = (
     "compile_warmup",  # compiled layers compile at engine start (CPU)
     "attention_backend",  # only backends the sub-batch metadata is correct for
     "request_metrics",  # finished requests' stats carry their set (per-set Prometheus series)
+    "model_names",  # `pudding/<name>` resolves wherever vLLM takes a model
 )
 
 _applied = False

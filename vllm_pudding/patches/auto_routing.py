@@ -96,6 +96,16 @@ def _to_engine(params):
     return _private(params, {ROUTE_ARG: True, ROUTED_ARG: True})
 
 
+def _spread(engine, params):
+    """A set from `pudding_spread_sets` (spread.py) for a request that names none."""
+    from vllm_pudding import spread
+
+    spreader = spread.for_engine(engine)
+    if spreader is None or not _needs_route(params):
+        return params
+    return _private(params, {SET_ARG: spreader.next()})
+
+
 def _private(params, extra: dict):
     copy = params.clone()
     copy.extra_args = {**(params.extra_args or {}), **extra}
@@ -106,6 +116,7 @@ def _private(params, extra: dict):
 
 def _wrap_offline(original):
     def _render_and_add_requests(self, prompts, params, **kwargs):
+        params = [_spread(self, p) for p in params]
         router = _router(self.model_config)
         if router is not None and any(_needs_route(p) for p in params):
             prompts, params = list(prompts), list(params)
@@ -183,6 +194,7 @@ def _wrap_async(original):
         if isinstance(params, SamplingParams):  # as the caller sent them: before routing
             check_client_args(self.model_config.hf_config, params.extra_args,
                               f"request {request_id!r}")
+        params = _spread(self, params)
         if _needs_route(params) and not isinstance(prompt, AsyncGenerator):
             try:
                 batcher = _batcher(self)
