@@ -252,3 +252,23 @@ def test_feature_cache_key_of_training_equals_installed_routers(tmp_path, kind):
     assert spec_feature_key(spec, tmp_path, "train") == trained
     assert spec_feature_key(spec, tmp_path, "validation") != trained
     assert spec_feature_key(spec, tmp_path, "train", chat=True) != trained
+
+
+def test_held_out_rows_are_whole_source_groups():
+    """Held-out rows share no source with training rows: WinoGrande twins, HellaSwag
+    activities, BoolQ articles stay on one side of the split."""
+    from vllm_pudding.data.tasks import train_examples
+    from vllm_pudding.router.groups import source_group, split_by_group
+
+    wino = train_examples("winogrande", n=4)
+    assert source_group(wino[0]) == source_group(wino[1]) == "dennis|ian"  # a twin pair
+    hs = train_examples("hellaswag", n=1)[0]
+    assert source_group(hs) == hs.contexts[0].split(": ")[0]
+    assert source_group(train_examples("boolq", n=1)[0]) == "Persian language"
+    for task in ("hellaswag", "winogrande", "boolq"):
+        groups = [source_group(e) for e in train_examples(task, n=200)]
+        train, held = split_by_group(groups, 0.2)
+        assert sorted(np.concatenate([train, held]).tolist()) == list(range(200))
+        assert len(held) >= 40 and len(held) < 200
+        assert not {groups[i] for i in train} & {groups[i] for i in held}, task
+        assert split_by_group(groups, 0.2)[1].tolist() == held.tolist()  # deterministic

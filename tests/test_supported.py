@@ -216,3 +216,69 @@ def test_one_host_to_device_copy_per_step_none_in_the_layer_loop(pudding_llm):
     for built, layers, widths, want, full in plan:
         assert built == sorted(layers), "tables only for the layers that use the sub-batch"
         assert widths == [want] and want < full, "tables as wide as the longest sequence needs"
+
+
+class _Rows:
+    """A sub-batch stand-in: token indices and a no-op metadata swap."""
+
+    def __init__(self, tokens):
+        import torch
+
+        self.token_index = torch.tensor(tokens)
+
+    def attention_for(self, name, idx):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+def test_layer_runner_gathers_once_per_run_of_a_sub_batch():
+    """Layers 1-2 run rows {0, 2}, layer 3 none, layer 4 rows {0, 2} again, layer 5 all:
+    one gather and one scatter serve layers 1-4, and the states equal a per-layer
+    gather/scatter reference."""
+    import torch
+
+    from vllm_pudding import depth
+
+    torch.manual_seed(0)
+    sub = _Rows([0, 2])
+    plan = {0: depth.ALL, 1: sub, 2: sub, 3: depth.NONE, 4: sub, 5: depth.ALL}
+    weights = [torch.randn(4, 4) for _ in range(6)]
+    calls = []
+
+    class Layer:
+        def __init__(self, i):
+            self.i, self.self_attn = i, SimpleNamespace(attn=SimpleNamespace(layer_name=str(i)))
+
+        def __call__(self, pos, h, r, **_):
+            calls.append((self.i, tuple(h.shape)))
+            r = h if r is None else h + r
+            return torch.tanh(r @ weights[self.i]), r
+
+    runner = depth.LayerRunner.__new__(depth.LayerRunner)
+    runner.plan = SimpleNamespace(for_layer=plan.__getitem__, pending=[])
+    hidden = torch.randn(3, 4)
+    runner.positions, runner.hidden, runner.residual = torch.arange(3), hidden.clone(), None
+    runner.kwargs, runner._owned, runner._held = {}, False, None
+    gathers = []
+    real_gather = runner._gather
+    runner._gather = lambda s: (gathers.append(s), real_gather(s))
+    for i in range(6):
+        runner.run(i, Layer(i))
+    got_h, got_r = runner.states()
+
+    h, r = hidden.clone(), None
+    for i in range(6):
+        rows = sub.token_index if plan[i] is sub else None
+        if plan[i] is depth.NONE:
+            continue
+        if rows is None:
+            h, r = Layer(i)(None, h, r)
+        else:
+            r = torch.zeros_like(h) if r is None else r
+            hh, rr = Layer(i)(None, h[rows], r[rows])
+            h, r = h.index_copy(0, rows, hh), r.index_copy(0, rows, rr)
+    assert len(gathers) == 1
+    assert [c for c in calls[:5]] == [(0, (3, 4)), (1, (2, 4)), (2, (2, 4)), (4, (2, 4)),
+                                      (5, (3, 4))]
+    assert torch.equal(got_h, h) and torch.equal(got_r, r)

@@ -344,7 +344,12 @@ def layer_index(name: str) -> int | None:
 
 
 class LayerRunner:
-    """Runs the layer loop of one forward, each layer on the rows that keep it."""
+    """Runs the layer loop of one forward, each layer on the rows that keep it.
+
+    Consecutive layers run by the same sub-batch share one gather and one scatter: its
+    rows' states stay gathered until a layer needs other rows (or the router, or the final
+    norm, needs them all). Layers no row keeps in between do not break the run.
+    """
 
     def __init__(self, positions: torch.Tensor, hidden: torch.Tensor, layer_kwargs: dict):
         from vllm.forward_context import get_forward_context
@@ -356,11 +361,18 @@ class LayerRunner:
         self.positions, self.hidden, self.residual = positions.clone(), hidden, None
         self.kwargs = layer_kwargs
         self._owned = False  # hidden may be a runner buffer until a layer returns a new one
+        self._held = None  # (sub-batch, positions, hidden, residual) of its gathered rows
 
     def route(self) -> None:
         """Hands the residual stream to the in-engine router if this step has unrouted rows."""
         if self.plan is not None and self.plan.pending:
+            self._scatter()
             self.plan.route(self.hidden + self.residual)
+
+    def states(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every row's (hidden, residual) after the last layer."""
+        self._scatter()
+        return self.hidden, self.residual
 
     def run(self, idx: int, layer: torch.nn.Module) -> None:
         with transfer.layer_loop():
@@ -379,19 +391,33 @@ class LayerRunner:
             self._run_rows(sub, idx, layer)
 
     def _run_all(self, layer: torch.nn.Module) -> None:
+        self._scatter()
         self.hidden, self.residual = layer(self.positions, self.hidden, self.residual,
                                            **self.kwargs)
         self._owned = True
 
     def _run_rows(self, sub: SubBatch, idx: int, layer: torch.nn.Module) -> None:
+        if self._held is None or self._held[0] is not sub:
+            self._gather(sub)
+        _, pos, h, r = self._held
+        with sub.attention_for(layer.self_attn.attn.layer_name, idx):
+            h, r = layer(pos, h, r, **self.kwargs)
+        self._held = (sub, pos, h, r)
+
+    def _gather(self, sub: SubBatch) -> None:
+        self._scatter()
         if self.residual is None:
             # The fused add-norm sees residual + 0 == the unfused first-layer input.
             self.residual = torch.zeros_like(self.hidden)
+        tok = sub.token_index
+        self._held = (sub, self.positions[tok], self.hidden[tok], self.residual[tok])
+
+    def _scatter(self) -> None:
+        if self._held is None:
+            return
+        sub, _, h, r = self._held
         if not self._owned:
             self.hidden, self._owned = self.hidden.clone(), True
-        tok = sub.token_index
-        with sub.attention_for(layer.self_attn.attn.layer_name, idx):
-            h, r = layer(self.positions[tok], self.hidden[tok], self.residual[tok],
-                         **self.kwargs)
-        self.hidden.index_copy_(0, tok, h)
-        self.residual.index_copy_(0, tok, r)
+        self.hidden.index_copy_(0, sub.token_index, h)
+        self.residual.index_copy_(0, sub.token_index, r)
+        self._held = None

@@ -72,7 +72,7 @@ class PuddingLlamaModel(LlamaModel):
                 runner.run(idx, layer)
             if idx == route_after:
                 runner.route()  # unrouted rows get their set before any layer they omit
-        hidden, _ = self.norm(runner.hidden, runner.residual)
+        hidden, _ = self.norm(*runner.states())
         return hidden
 
 

@@ -6,8 +6,9 @@
 
 Labels: `python -m vllm_pudding.eval --split train --tasks calib6 --n 640 --sets all
 --out labels_train640.json` (every train example scored under every pool set through
-the engine). Per task the last `--holdout` fraction of examples (file order) is held
-out; every variant (target x objective) is fitted on the rest, stopped at the epoch
+the engine). Per task a `--holdout` fraction of examples is held out, as whole source
+groups (`--split groups`, the default: router/groups.py) or the last rows in file order
+(`--split tail`, what the committed heads were chosen on); every variant (target x objective) is fitted on the rest, stopped at the epoch
 with the best held-out routed accuracy (mean over tasks), and the variant with the
 best held-out routed accuracy is kept per kind. Validation splits are never read.
 Writes `<out>/<kind>/{router.json,head.safetensors}` and `<out>/train_report.{md,json}`.
@@ -30,27 +31,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vllm_pudding.router.groups import source_group
 from vllm_pudding.router.labels import TaskTable, load_tables, router_text
 
 VARIANTS = [(t, o) for t in ("likelihood", "choice_logprob") for o in ("mse", "soft")]
 
 
-def train_texts(tables: dict[str, TaskTable]) -> dict[str, list[str]]:
-    """The router text of every labelled train example, checked against the label rows."""
+def label_examples(tables: dict[str, TaskTable]) -> dict[str, list]:
+    """The train example of every label row, checked against the rows' doc ids: the first
+    n train docs, or (paper-scale labels, `router.label_job`) any sample of the split."""
     from vllm_pudding.data.tasks import train_examples
 
     out = {}
     for task, table in tables.items():
         exs = train_examples(task, n=len(table.doc_ids))
         if [e.doc_id for e in exs] != table.doc_ids:
-            raise ValueError(f"{task}: label rows are not the first {len(exs)} train docs")
-        out[task] = [router_text(e) for e in exs]
+            by_id = {e.doc_id: e for e in train_examples(task)}
+            if not all(d in by_id for d in table.doc_ids):
+                raise ValueError(f"{task}: label rows are not train docs of this task")
+            exs = [by_id[d] for d in table.doc_ids]
+        out[task] = exs
     return out
 
 
-def split_rows(tables: dict[str, TaskTable], holdout: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def train_texts(tables: dict[str, TaskTable]) -> dict[str, list[str]]:
+    """The router text of every labelled train example."""
+    return {t: [router_text(e) for e in exs] for t, exs in label_examples(tables).items()}
+
+
+def split_rows(tables: dict[str, TaskTable], holdout: float,
+               groups: dict[str, list[str]] | None = None,
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per task (train rows, held-out rows): the last `holdout` of the rows, or with
+    `groups` (`router.groups.source_group` per row) whole source groups."""
+    from vllm_pudding.router.groups import split_by_group
+
     out = {}
     for task, t in tables.items():
+        if groups is not None:
+            out[task] = split_by_group(groups[task], holdout)
+            continue
         n = len(t.doc_ids)
         cut = n - max(1, int(round(n * holdout)))
         out[task] = (np.arange(cut), np.arange(cut, n))
@@ -157,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for <kind>/ routers and the report")
     p.add_argument("--install", default=None, help="kind to install into --pudding-dir")
     p.add_argument("--holdout", type=float, default=0.2)
+    p.add_argument("--split", choices=("groups", "tail"), default="groups",
+                   help="held-out rows: whole source groups (router/groups.py), or the last "
+                   "rows in file order (what the committed heads were chosen on)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--epochs", type=int, default=300)
@@ -176,15 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     base = base_model(pdir)
     sets = [list(s) for s in pool.omission_sets]
     tables = load_tables([Path(x) for x in args.labels], len(sets))
-    texts = train_texts(tables)
-    split = split_rows(tables, args.holdout)
+    examples = label_examples(tables)
+    texts = {t: [router_text(e) for e in exs] for t, exs in examples.items()}
+    groups = {t: [source_group(e) for e in exs] for t, exs in examples.items()}
+    split = split_rows(tables, args.holdout, groups if args.split == "groups" else None)
     counts = {t: [len(split[t][0]), len(split[t][1])] for t in tables}
     print(f"label rows (train, held-out) per task: {counts}", flush=True)
     prefix = common_prefix(sets)
     kind_cfg = {"text": dict(pooling="mean"), "hidden": dict(pooling="mean_last",
                                                             prefix_layers=prefix)}
     report = {"counts": counts, "pool": sets, "labels": args.labels, "variants": [],
-              "holdout": args.holdout, "max_tokens": args.max_tokens,
+              "holdout": args.holdout, "split": args.split, "max_tokens": args.max_tokens,
               "chat_augment": args.chat_augment}
     out = Path(args.out)
     chosen = {}
