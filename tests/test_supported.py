@@ -282,3 +282,13 @@ def test_layer_runner_gathers_once_per_run_of_a_sub_batch():
     assert [c for c in calls[:5]] == [(0, (3, 4)), (1, (2, 4)), (2, (2, 4)), (4, (2, 4)),
                                       (5, (3, 4))]
     assert torch.equal(got_h, h) and torch.equal(got_r, r)
+
+
+def test_kv_slots_refuse_a_cache_that_needs_zeroing():
+    """Mamba layers or a mixed-precision KV cache make vLLM zero new blocks through the
+    stock layout's segment tables: refused when the engine sizes its KV cache."""
+    from vllm_pudding.patches.kv_slots import _no_zeroing
+
+    _no_zeroing(SimpleNamespace(needs_kv_cache_zeroing=False))
+    with pytest.raises(NotImplementedError, match="KV cache zeroing"):
+        _no_zeroing(SimpleNamespace(needs_kv_cache_zeroing=True))
