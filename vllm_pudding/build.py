@@ -67,6 +67,9 @@ class BuildArgs(BaseModel):
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     work_dir: Path | None = Field(None, description="Where the steps keep their outputs "
                                   "(default: <cache>/build/<out name>-<hash>).")
+    sanity_bound: float | None = Field(None, gt=0, description="Pool search: keep out every "
+                                       "set whose free-text loss exceeds dense's by more "
+                                       "than this (nats/token; vllm_pudding.eval.sanity).")
     stop_after: Literal["pool", "labels", "router", "dir"] | None = Field(
         None, description="End after this step (a rerun without it resumes).")
 
@@ -132,7 +135,7 @@ class Build:
         else:
             pool_key = {"base": base_fp, "k": a.k, "examples": a.examples,
                         "tasks": list(a.tasks), "pool_size": a.pool_size, "dtype": a.dtype,
-                        "compiled": a.compiled}
+                        "compiled": a.compiled, "sanity_bound": a.sanity_bound}
         labels_key = {"pool": pool_key, "n": a.label_examples, "tasks": list(a.tasks),
                       "dtype": a.dtype}  # compiled or eager: same scores up to rounding
         router_key = {"labels": labels_key, "kind": a.router_kind, "epochs": a.epochs,
@@ -167,7 +170,8 @@ class Build:
         else:  # writes pool.json as `python -m vllm_pudding.search --out` does
             doc = search(a.base, a.tasks, a.k, a.examples, self.pool_json,
                          pool_size=a.pool_size, dtype=a.dtype, workers=a.workers,
-                         compiled=a.compiled, cache_root=self.work / "search")
+                         compiled=a.compiled, cache_root=self.work / "search",
+                         sanity_bound=a.sanity_bound)
         return {"sets": [s["layers"] for s in doc["sets"]], "file": str(self.pool_json)}
 
     def make_labels(self) -> dict:
@@ -212,7 +216,8 @@ class Build:
 
         doc = json.loads(self.pool_json.read_text())
         return PuddingConfig(omission_sets=[s["layers"] for s in doc["sets"]],
-                             default_set=doc.get("default_set", 0))
+                             default_set=doc.get("default_set", 0),
+                             routable_sets=doc.get("routable_sets"))
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict:
@@ -396,6 +401,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--work-dir", type=Path, default=None,
                    help="where steps keep their outputs (default: <cache>/build/...)")
+    p.add_argument("--sanity-bound", type=float, default=None,
+                   help="pool search: drop sets whose free-text loss exceeds dense's by more "
+                   "than this many nats/token (e.g. 1.8; vllm_pudding.eval.sanity)")
     p.add_argument("--stop-after", default=None, choices=STEPS,
                    help="end after this step (a rerun without it resumes)")
 
@@ -411,7 +419,7 @@ def from_namespace(ns: argparse.Namespace) -> BuildArgs:
             tasks=_tasks(ns.tasks), pool=ns.pool, pool_size=ns.pool_size, workers=ns.workers,
             compiled=not ns.eager, epochs=ns.epochs, dtype=ns.dtype, work_dir=ns.work_dir,
             chat_augment={"auto": None, "on": True, "off": False}[ns.chat_augment],
-            stop_after=ns.stop_after)
+            sanity_bound=ns.sanity_bound, stop_after=ns.stop_after)
     except ValidationError as e:
         raise SystemExit("pudding build: " + "; ".join(
             f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
