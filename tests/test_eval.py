@@ -7,6 +7,7 @@ deleted, scoring the same continuation tokens with a plain forward pass.
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -384,3 +385,35 @@ def test_read_results_fills_choice_lengths_of_old_files(tmp_path):
     path.write_bytes(gzip.compress(json.dumps(bad).encode()))
     with pytest.raises(ValueError, match="differs from the rebuilt example"):
         read_results(path)
+
+
+def _run(label, task, right):
+    """A RunResult whose i-th example of `task` is right iff right[i] (2 choices, gold 0)."""
+    from vllm_pudding.eval.run import RunResult, task_result
+
+    exs = [ScoredExample(task=task, doc_id=str(i), gold=0, set_id=None,
+                         logprobs=[0.0, -1.0] if r else [-1.0, 0.0], num_tokens=[1, 1],
+                         num_bytes=[2, 2], num_chars=[1, 1]) for i, r in enumerate(right)]
+    return RunResult(label=label, layers=None, tasks={task: task_result(task, exs)},
+                     examples={task: exs})
+
+
+def test_paired_difference_and_task_router():
+    """The paired interval comes from per-example differences (narrow where the runs agree);
+    the task router takes each task's best set on train rows."""
+    import numpy as np
+
+    from vllm_pudding.eval.paired import paired_difference, task_router_run
+
+    a = _run("a", "piqa", [1] * 60 + [0] * 40)
+    b = _run("b", "piqa", [1] * 50 + [0] * 50)  # a is right on 10 more, never worse
+    d, low, high = paired_difference(a, b, ["piqa"])
+    assert d == pytest.approx(0.10) and 0.04 < low <= d <= high < 0.17
+    same = paired_difference(a, a, ["piqa"])
+    assert same == (0.0, 0.0, 0.0)
+    runs = [_run("set0", "piqa", [0] * 100), _run("set1", "piqa", [1] * 70 + [0] * 30)]
+    table = SimpleNamespace(correct=np.array([[False, True], [True, True], [False, False]]))
+    row, best = task_router_run(runs, {"piqa": table})
+    assert best == {"piqa": 1} and row.tasks["piqa"].value.value == pytest.approx(0.7)
+    row, best = task_router_run(runs, {"piqa": table}, allowed=[0])  # set 1 not routable
+    assert best == {"piqa": 0} and row.tasks["piqa"].value.value == 0.0

@@ -78,12 +78,14 @@ def route_cached(router, texts: dict[str, list[str]], chat: bool = False) -> dic
     import torch
 
     from vllm_pudding.router.features import cached_features, spec_feature_key
+    from vllm_pudding.router.head import pick
 
     key = spec_feature_key(router.spec, router.model_dir, "validation", chat)
     out = {}
     for t, tx in texts.items():
         with torch.no_grad():
-            out[t] = router.head(cached_features(router.encode, tx, key)).argmax(-1).tolist()
+            out[t] = pick(router.head(cached_features(router.encode, tx, key)),
+                          router.routable).tolist()
     return out
 
 
@@ -101,6 +103,26 @@ def agreement(runs: list[RunResult], choice: dict[str, list[int]],
                                            for _, r in sets])
         out[task] = float((table.target(target).argmax(1) == np.array(picked)).mean())
     return out
+
+
+def paired_lines(rows, best_static, task_row, tasks, extra: dict) -> list[str]:
+    """Paired 95% bootstrap intervals (over examples) of each routed row minus the best
+    static run and minus the task router, on the six calibration tasks."""
+    from vllm_pudding.data.tasks import CALIBRATION_TASKS
+    from vllm_pudding.eval.paired import paired_difference
+
+    six = [t for t in tasks if t in CALIBRATION_TASKS]
+    others = [best_static] + ([task_row] if task_row else [])
+    lines = ["", f"Paired differences, avg over {len(six)} tasks, 95% bootstrap over "
+             "examples (points):"]
+    extra["paired"] = {}
+    for row in rows:
+        for other in others:
+            d, low, high = paired_difference(row, other, six)
+            extra["paired"][f"{row.label} - {other.label}"] = [d, low, high]
+            lines.append(f"- {row.label} minus {other.label}: {100 * d:+.1f} "
+                         f"[{100 * low:+.1f}, {100 * high:+.1f}]")
+    return lines
 
 
 def _cost(label: str, info: dict) -> str:
@@ -122,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output path stem (.md, .json)")
     p.add_argument("--chat", action="store_true",
                    help="also route each prompt in its chat-templated form (rows '<kind>, chat')")
+    p.add_argument("--labels", nargs="*", default=None,
+                   help="train label JSONs: adds the task router (best set per task on these "
+                   "rows) and paired intervals against it")
     args = p.parse_args(argv)
 
     from vllm_pudding.artifact import base_model, load_pudding_dir
@@ -141,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.kinds.split(","):
         rdir = Path(args.routers) / kind
         spec = load_spec(rdir, pool.omission_sets, check_encoder=False)
-        router = Router(rdir, spec, base, default_encoder_dir() if kind == "text" else None)
+        router = Router(rdir, spec, base, default_encoder_dir() if kind == "text" else None,
+                        routable=pool.routable_sets)
         choice = route_cached(router, texts)
         t0 = time.perf_counter()
         sample = [x for t in tasks for x in texts[t][:20]]
@@ -164,9 +190,17 @@ def main(argv: list[str] | None = None) -> int:
                         "route_seconds": secs, "prompts": n_total,
                         "target": spec.target, "objective": spec.objective}
     oracles = oracle_rows(runs)
-    table_runs = runs + rows + oracles
     statics = [r for r in runs if r.label in ("sleb", "shortgpt") or r.label.startswith("set")]
     best_static = max(statics, key=lambda r: averages(r)["avg6"].value)
+    task_row = None
+    if args.labels:
+        from vllm_pudding.eval.paired import task_router_run
+        from vllm_pudding.router.labels import load_tables
+
+        task_row, extra["task_router_sets"] = task_router_run(
+            runs, load_tables([Path(x) for x in args.labels], len(pool.omission_sets)),
+            allowed=pool.routable_sets)
+    table_runs = runs + ([task_row] if task_row else []) + rows + oracles
     summary = {r.label: {"avg6": averages(r)["avg6"].value,
                          "minus_best_static": averages(r)["avg6"].value
                          - averages(best_static)["avg6"].value} for r in rows}
@@ -185,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * float(np.mean(list(agr.values()))):.1f}% (per task: "
                   + ", ".join(f"{t} {100 * v:.0f}%" for t, v in agr.items()) + "); "
                   + _cost(label, extra[label]))
+    md += paired_lines(rows, best_static, task_row, tasks, extra)
     text = "\n".join(md) + "\n"
     out = Path(args.out)
     out.with_suffix(".md").write_text(text)
