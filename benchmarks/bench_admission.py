@@ -6,7 +6,8 @@ frees, FCFS admits the next request in arrival order, so every step mixes ~all s
 omission-aware admission admits the waiting request whose set keeps the fewest layers
 beyond the running batch's (patches/omission_admission.py). Configs, all on the
 default pudding dir: "one set" (set 0 for every request, FCFS: the ceiling), "mixed
-fcfs", and "mixed omission" once per aging bound (`--max-waits`). Same seeded token
+fcfs", and "mixed omission" once per aging bound (`--max-waits` in seconds,
+`--max-bypasses` in later arrivals admitted first). Same seeded token
 ids, alternated repetitions (harness.py).
 Besides throughput, each request's latency (all arrive at once, so latency = when it
 ends) gives p50 / p90 / p99 / max per config, and per set: the price of reordering is
@@ -32,12 +33,14 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 MAX_NUM_SEQS = 16
 
 
-def engine(path: Path, admission: str, max_wait_s: float = 10.0):
-    """An engine whose core process reads PUDDING_ADMISSION=`admission` and
-    PUDDING_ADMISSION_MAX_WAIT_S=`max_wait_s` (inherited env)."""
+def engine(path: Path, admission: str, max_wait_s: float = 10.0, max_bypass: int | None = None):
+    """An engine whose core process reads PUDDING_ADMISSION=`admission`,
+    PUDDING_ADMISSION_MAX_WAIT_S=`max_wait_s` and PUDDING_ADMISSION_MAX_BYPASS (inherited env)."""
     from vllm import LLM
 
     env = {"PUDDING_ADMISSION": admission, "PUDDING_ADMISSION_MAX_WAIT_S": str(max_wait_s)}
+    if max_bypass is not None:
+        env["PUDDING_ADMISSION_MAX_BYPASS"] = str(max_bypass)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -92,7 +95,8 @@ def latency_summary(lat: dict) -> dict:
     return out
 
 
-def run(num: int, reps: int, seed: int, max_waits: list[float]) -> dict:
+def run(num: int, reps: int, seed: int, max_waits: list[float],
+        max_bypasses: list[int] = ()) -> dict:
     setup = prepare()
     n_sets = len(setup.pool.omission_sets)
     engines = {"fcfs": engine(setup.pudding_dir, "fcfs")}
@@ -100,9 +104,10 @@ def run(num: int, reps: int, seed: int, max_waits: list[float]) -> dict:
     one_set, mixed = base["one set"][1], base["mixed"][1]
     cfg = {"one set": ("fcfs", one_set), "mixed fcfs": ("fcfs", mixed)}
     pairs = {"mixed fcfs vs one set": ("one set", "mixed fcfs")}
-    for wait in max_waits:
-        name = f"mixed omission, max wait {wait:g}s"
-        engines[name] = engine(setup.pudding_dir, "omission", wait)
+    bounds = [(f"mixed omission, max wait {w:g}s", w, None) for w in max_waits] + [
+        (f"mixed omission, max bypass {b}", 10.0, b) for b in max_bypasses]
+    for name, wait, bypass in bounds:
+        engines[name] = engine(setup.pudding_dir, "omission", wait, bypass)
         cfg[name] = (name, mixed)
         pairs[f"{name} vs one set"] = ("one set", name)
         pairs[f"{name} vs mixed fcfs"] = ("mixed fcfs", name)
@@ -111,6 +116,7 @@ def run(num: int, reps: int, seed: int, max_waits: list[float]) -> dict:
     return {"times_s": {"saturated decode": times},
             "ratios": ratio_stats({"saturated decode": times}, pairs),
             "latency_s": latency_summary(lat), "latency_per_rep": lat, "max_waits_s": max_waits,
+            "max_bypasses": list(max_bypasses),
             "requests": num, "prompt": 32, "out": 64, "max_num_seqs": MAX_NUM_SEQS,
             "reps": reps, "seed": seed, "machine": machine_info()}
 
@@ -123,9 +129,14 @@ def main() -> None:
     parser.add_argument("--max-waits", default="10,30",
                         help="comma-separated PUDDING_ADMISSION_MAX_WAIT_S values, one "
                         "omission-aware engine each")
+    parser.add_argument("--max-bypasses", default="",
+                        help="comma-separated PUDDING_ADMISSION_MAX_BYPASS values (with the "
+                        "10 s wait bound), one omission-aware engine each")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    result = run(args.num, args.reps, args.seed, [float(x) for x in args.max_waits.split(",")])
+    result = run(args.num, args.reps, args.seed,
+                 [float(x) for x in args.max_waits.split(",") if x],
+                 [int(x) for x in args.max_bypasses.split(",") if x])
     args.out.write_text(json.dumps(result, indent=1))
     for label, r in result["ratios"].items():
         print(f"{label}: {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})")

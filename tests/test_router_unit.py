@@ -214,7 +214,7 @@ def test_omission_admission_orders_by_shared_core_and_ages():
 
     def req(name, set_id, age=0.0):
         extra = None if set_id is None else {"pudding_set": set_id}
-        return SimpleNamespace(name=name, arrival_time=100.0 - age,
+        return SimpleNamespace(name=name, request_id=name, arrival_time=100.0 - age,
                                sampling_params=SimpleNamespace(extra_args=extra))
 
     running = [req("r0", 0), req("r1", 1)]  # core {1, 2}
@@ -233,6 +233,43 @@ def test_omission_admission_orders_by_shared_core_and_ages():
     # nothing running: the oldest request's set anchors the batch
     names = [r.name for r in admission_order(waiting[1:], [], omitted, 10.0, now=100.0)]
     assert names == ["near", "unknown", "same", "half"]
+
+
+def test_omission_admission_bypass_bound():
+    """A request passed over by `max_bypass` later arrivals goes first, like an aged one;
+    bypasses are counted from what each step admitted."""
+    from types import SimpleNamespace
+
+    from vllm_pudding.patches.omission_admission import admission_order, count_bypasses
+
+    omitted = [frozenset(s) for s in ([1, 2, 3], [5, 6, 7])]
+
+    def req(name, set_id, t):
+        return SimpleNamespace(name=name, request_id=name, arrival_time=t,
+                               sampling_params=SimpleNamespace(extra_args={"pudding_set": set_id}))
+
+    running = [req("r", 0, 0.0)]
+    far = req("far", 1, 1.0)  # keeps none of the running core's omitted layers: last
+    cheap = [req(f"c{i}", 0, 2.0 + i) for i in range(5)]
+    bypassed: dict[str, int] = {}
+    waiting = [far] + cheap
+    for step in range(2):  # two steps admit two later arrivals each
+        order = admission_order(waiting, running, omitted, 1e9, now=10.0, max_bypass=3,
+                                bypassed=bypassed)
+        assert order[0].name == f"c{2 * step}"
+        admitted = {r.request_id for r in order[:2]}
+        count_bypasses(waiting, admitted, bypassed)
+        waiting = [r for r in waiting if r.request_id not in admitted]
+    assert bypassed == {"far": 4}
+    order = admission_order(waiting, running, omitted, 1e9, now=10.0, max_bypass=3,
+                            bypassed=bypassed)
+    assert [r.name for r in order] == ["far", "c4"]
+    # unbounded (the default): the expensive request stays last
+    order = admission_order(waiting, running, omitted, 1e9, now=10.0, bypassed=bypassed)
+    assert [r.name for r in order] == ["c4", "far"]
+    # an older request admitted with later ones is no bypass of theirs; admitted leave
+    count_bypasses(waiting, {"far"}, bypassed)
+    assert bypassed == {}
 
 
 @pytest.mark.parametrize("kind", ["text", "hidden"])
@@ -272,3 +309,44 @@ def test_held_out_rows_are_whole_source_groups():
         assert len(held) >= 40 and len(held) < 200
         assert not {groups[i] for i in train} & {groups[i] for i in held}, task
         assert split_by_group(groups, 0.2)[1].tolist() == held.tolist()  # deterministic
+
+
+def test_shrunk_labels_centre_rows_and_pull_to_task_mean():
+    import numpy as np
+
+    from vllm_pudding.router.train import shrunk
+
+    y = np.array([[1.0, 3.0], [-2.0, 4.0]])  # row means 2 and 1
+    assert np.allclose(shrunk(y, 0.0), [[-1, 1], [-3, 3]])
+    assert np.allclose(shrunk(y, 1.0), [[-2, 2], [-2, 2]])  # every row = the task's mean
+    assert np.allclose(shrunk(y, 0.5), [[-1.5, 1.5], [-2.5, 2.5]])
+    with pytest.raises(ValueError, match="shrink"):
+        shrunk(y, 1.5)
+
+
+def test_variant_selection_routes_only_routable_sets():
+    """Held-out scoring restricts choices to routable sets, as the engine does: a head
+    whose top label is an unroutable set must be scored on its best routable one."""
+    import numpy as np
+    import torch
+
+    from vllm_pudding.router.labels import TaskTable
+    from vllm_pudding.router.train import Rows, fit_variants
+
+    n = 40
+    rng = np.random.default_rng(0)
+    gold = np.zeros(n, dtype=int)
+    scores = np.zeros((n, 3, 2))
+    scores[:, :, 1] = 1.0  # every set wrong ...
+    scores[:, 1, 0] = 2.0  # ... but set 1
+    mean_lp = np.tile([-1.0, 0.5, 1.0], (n, 1))  # set 2: best label; set 1: right
+    table = TaskTable("piqa", [str(i) for i in range(n)], gold, scores, mean_lp)
+    tables = {"piqa": table}
+    feats = {"piqa": torch.tensor(rng.normal(size=(n, 4)), dtype=torch.float32)}
+    split = {"piqa": (np.arange(30), np.arange(30, n))}
+    train, held = Rows(tables, feats, split, 0), Rows(tables, feats, split, 1)
+    grid = [("likelihood", "mse", 0.0)]
+    free = fit_variants("text", train, held, 8, 100, grid=grid)[0]
+    kept = fit_variants("text", train, held, 8, 100, grid=grid, routable=[0, 1])[0]
+    assert free["set_histogram"][2] > 0  # unrestricted, the head follows its labels
+    assert kept["held_avg"] == 1.0 and kept["set_histogram"] == [0, 10, 0]

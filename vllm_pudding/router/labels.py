@@ -3,7 +3,8 @@
 Input: the JSON of `python -m vllm_pudding.eval --sets all --out F` (per-example,
 per-choice log-probs under each pool set, computed through the engine), on the
 train split for labels or the validation split for reporting. Several files (runs
-split across processes) merge by run label.
+split across processes or tasks) merge by run label and task, a later file's task
+replacing an earlier one's.
 
 Label targets per (example, set):
 - "likelihood": mean per-token log-prob of the correct continuation (the paper's);
@@ -79,8 +80,9 @@ def _metric_scores(ex: dict, metric: str) -> list[float]:
 def load_tables(paths: Sequence[Path], num_sets: int, prefix: str = "set") -> dict[str, TaskTable]:
     """Per task, the examples scored under every pool set `set0..set{num_sets-1}`."""
     runs: dict[str, dict] = {}
-    for p in paths:
-        runs.update(read_results(p).get("examples", {}))
+    for p in paths:  # per (label, task): a later file's task replaces an earlier file's
+        for label, tasks in read_results(p).get("examples", {}).items():
+            runs.setdefault(label, {}).update(tasks)
     labels = [f"{prefix}{i}" for i in range(num_sets)]
     missing = [l for l in labels if l not in runs]
     if missing:
