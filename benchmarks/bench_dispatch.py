@@ -2,7 +2,8 @@
 
 Three `vllm serve --data-parallel-size 2` servers on 127.0.0.1, up together, each engine
 bound to its own core (`VLLM_CPU_OMP_THREADS_BIND="0|1"`), same engine settings (bf16,
-eager, no prefix caching):
+eager, no prefix caching, one API server process so that one dispatcher sees every
+request and the front end takes less of the 2 cores):
 - affine: the default pudding dir, the `dp_dispatch` patch with its default options but
   no regrouping during the run (`regroup_every` huge: the groups stay those of a uniform
   prior, so the alternated workloads do not move them);
@@ -39,7 +40,8 @@ from harness import machine_info, percentile, spread
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 ENGINE = ["--dtype", "bfloat16", "--max-model-len", "1024", "--enforce-eager",
-          "--no-enable-prefix-caching", "--seed", "0", "--data-parallel-size", "2"]
+          "--no-enable-prefix-caching", "--seed", "0", "--data-parallel-size", "2",
+          "--api-server-count", "1"]
 AFFINE = {"pudding_dispatch": {"regroup_every": 10 ** 9}}
 VLLM_LB = {"pudding_dispatch": "vllm"}
 WORKLOAD_SETS = {"a_all_10_sets": list(range(10)), "b_2_sets": [0, 4]}

@@ -161,3 +161,82 @@ def draw_sets(freqs: Sequence[float], n: int, seed: int) -> list[int]:
     """n set ids drawn from freqs, seeded."""
     rng = random.Random(seed)
     return rng.choices(range(len(freqs)), weights=freqs, k=n)
+
+
+def simulate_steady(kept_layers: Sequence[frozenset[int]], freqs: Sequence[float],
+                    num_replicas: int, cost: StepCost, affine: bool, concurrency: int = 32,
+                    requests_per_replica: int = 200, prompt: int = 32, out: int = 128,
+                    max_seqs: int = 256, seed: int = 0) -> dict:
+    """Decode throughput of a saturated closed loop: `concurrency` x replicas clients,
+    each sending its next request (set drawn from freqs, seeded) when the last one ends.
+
+    Unlike a burst, a group with more traffic per replica than another does not leave
+    the other idle at the end: batches grow where traffic is heavier. Throughput counts
+    the requests finishing between the 20th and 80th percentile of completions (no
+    start-up or drain).
+    """
+    import heapq
+
+    from vllm_pudding.dispatch.policy import DispatchOptions, SetAffineDispatcher
+
+    rng = random.Random(seed)
+    masks = [sum(1 << layer for layer in k) for k in kept_layers]
+    if affine:
+        options = DispatchOptions(initial_freqs=list(freqs), regroup_every=10 ** 9,
+                                  overhead_layers=cost.overhead_layers(concurrency),
+                                  partial_layer_cost=cost.partial_layer_cost())
+        dispatcher = SetAffineDispatcher(kept_layers, num_replicas, options)
+    waiting = [[] for _ in range(num_replicas)]
+    running = [[] for _ in range(num_replicas)]
+    busy = [False] * num_replicas
+    heap: list[tuple[float, int]] = []
+    total = requests_per_replica * num_replicas
+    issued, finished_at, start = 0, [], 0
+
+    def start_step(r: int, t: float) -> None:
+        admitted = waiting[r][:max_seqs - len(running[r])]
+        del waiting[r][:len(admitted)]
+        running[r] += admitted
+        union, common = 0, -1
+        for req in running[r]:
+            union |= masks[req.set_id]
+            common &= masks[req.set_id]
+        dt = cost.step(len(running[r]), union.bit_count(),
+                       union.bit_count() - common.bit_count(), prompt * len(admitted))
+        busy[r] = True
+        heapq.heappush(heap, (t + dt, r))
+
+    def dispatch(t: float) -> None:
+        nonlocal issued, start
+        s = rng.choices(range(len(freqs)), weights=freqs)[0]
+        loads = [len(w) + len(q) for w, q in zip(waiting, running)]
+        if affine:
+            pick = dispatcher.choose(s, loads)
+        else:
+            pick = min(range(num_replicas), key=lambda r: (loads[r], (r - start) % num_replicas))
+            start += 1
+        waiting[pick].append(_Request(s, out))
+        issued += 1
+        if not busy[pick]:
+            start_step(pick, t)
+
+    for _ in range(concurrency * num_replicas):
+        dispatch(0.0)
+    while heap:
+        t, r = heapq.heappop(heap)
+        busy[r] = False
+        for req in running[r]:
+            req.left -= 1
+        done = [req for req in running[r] if req.left == 0]
+        running[r] = [req for req in running[r] if req.left > 0]
+        finished_at += [t] * len(done)
+        if running[r] or waiting[r]:
+            start_step(r, t)
+        for _ in done:
+            if issued < total:
+                dispatch(t)
+    finished_at.sort()
+    lo, hi = int(0.2 * len(finished_at)), int(0.8 * len(finished_at))
+    return {"tokens_per_s": (hi - lo) * out / (finished_at[hi] - finished_at[lo]),
+            "spills": sum(dispatcher.spills) if affine else 0,
+            "replica_sets": [sorted(s) for s in dispatcher.replica_sets] if affine else None}
