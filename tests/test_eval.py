@@ -322,6 +322,10 @@ def test_label_job_resumes_and_merges_into_one_table(pudding_llm, tokenizer, tmp
     run(pudding_llm, tokenizer, len(TINY_SETS), caps, tmp_path, meta, chunk=2, log=logs.append)
     assert len(logs) == 1 and logs[0].startswith("arc_easy chunk 1:")
     assert (tmp_path / "labels.json.gz").read_bytes() == first, "same scores, same table"
+    stale = chunk_path(tmp_path, "piqa", 0)  # a chunk of another sample: refused
+    stale.write_bytes(chunk_path(tmp_path, "arc_easy", 0).read_bytes())
+    with pytest.raises(ValueError, match="other examples than this job plans"):
+        run(pudding_llm, tokenizer, len(TINY_SETS), caps, tmp_path, meta, chunk=2)
     with pytest.raises(ValueError, match="another job's settings"):
         run(pudding_llm, tokenizer, len(TINY_SETS), caps, tmp_path, {**meta, "seed": 1},
             chunk=2, seed=1)

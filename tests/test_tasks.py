@@ -122,9 +122,20 @@ def test_train_arc_lines_per_doc_follow_choice_count():
     with gzip.open(train_file("arc_easy"), "rt") as f:
         for line in f:
             lines[str(json.loads(line)["doc_id"])] += 1
-    assert len(exs) == len(lines) == 4502
+    assert len(lines) == 4502 and len(exs) == 2251  # every doc twice, kept once
     assert all(lines[e.doc_id] == e.num_choices for e in exs)
     assert {e.num_choices for e in exs} == {3, 4, 5}
+    assert len({(tuple(e.contexts), tuple(e.continuations)) for e in exs}) == len(exs)
+    assert max(int(e.doc_id) for e in exs) == 2250  # the first copy's ids
+
+
+@pytest.mark.parametrize("task,docs", [("arc_challenge", 1119), ("piqa", 16113),
+                                       ("boolq", 9427)])
+def test_train_docs_once_each(task, docs):
+    """ARC, HellaSwag and PIQA files repeat each doc under doc id + 1,000,000: a sample of
+    the split must not score an example twice (HF train sizes: 1,119; 16,113; 9,427)."""
+    exs = train_examples(task)
+    assert len(exs) == docs
 
 
 def test_train_seeded_sample():

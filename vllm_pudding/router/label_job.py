@@ -58,6 +58,16 @@ def plan_chunks(caps: dict[str, int], chunk: int, seed: int):
             yield task, i // chunk, exs[i:i + chunk]
 
 
+def check_chunk(path: Path, exs) -> None:
+    """A chunk on disk must hold the examples this job plans there (else the sample
+    changed under it, e.g. a data fix: move the folder or delete the stale chunks)."""
+    rows = json.loads(gzip.decompress(path.read_bytes()))
+    found = [str(e["doc_id"]) for e in next(iter(rows.values()))]
+    if found != [str(e.doc_id) for e in exs]:
+        raise ValueError(f"{path}: holds other examples than this job plans for it "
+                         f"({len(found)} vs {len(exs)} rows); delete it to re-score")
+
+
 def score_chunk(llm, tokenizer, task: str, exs, num_sets: int) -> dict:
     """{"set<i>": [ScoredExample dict, ...]} for one chunk under every set."""
     import msgspec
@@ -96,6 +106,7 @@ def run(llm, tokenizer, num_sets: int, caps: dict[str, int], out: Path, meta: di
     for task, index, exs in plan_chunks(caps, chunk, seed):
         path = chunk_path(out, task, index)
         if path.is_file():
+            check_chunk(path, exs)
             continue
         t0 = time.perf_counter()
         rows = score_chunk(llm, tokenizer, task, exs, num_sets)
