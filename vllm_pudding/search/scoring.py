@@ -215,12 +215,13 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _layer_math(h, mask, cos, sin, wqkv, wo, wgu, wd, n1, n2,
+def _layer_math(h, mask, cos, sin, wqkv, bqkv, wo, wgu, wd, n1, n2,
                 eps: float, nq: int, nkv: int, hd: int, scale: float):
-    """One LlamaDecoderLayer (HF's op order) with a bool attention mask."""
+    """One LlamaDecoderLayer (HF's op order) with a bool attention mask; `bqkv`: Qwen2's
+    q/k/v biases (None for Llama), its only difference from Llama here."""
     F = torch.nn.functional
     B, T, _ = h.shape
-    q, k, v = F.linear(_rms(h, n1, eps), wqkv).split([nq * hd, nkv * hd, nkv * hd], -1)
+    q, k, v = F.linear(_rms(h, n1, eps), wqkv, bqkv).split([nq * hd, nkv * hd, nkv * hd], -1)
     q = q.view(B, T, nq, hd).transpose(1, 2)
     k = k.view(B, T, nkv, hd).transpose(1, 2)
     v = v.view(B, T, nkv, hd).transpose(1, 2)
@@ -256,10 +257,15 @@ def _compiled(fn):
     return _COMPILED[fn.__name__]
 
 
+FUSED_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
+"""HF decoder layers whose math `_layer_math` is; others run HF's own layers."""
+
+
 class LayerModel:
     """The pieces of an HF Llama-family causal LM (embed, decoder layers, final norm,
     LM head, rotary embedding), called directly so any layer subset can run from any
-    cached hidden state. Load the model with ``attn_implementation="sdpa"``."""
+    cached hidden state. Load the model with ``attn_implementation="sdpa"``.
+    `fusable`: whether the compiled `_layer_math` path computes its layers."""
 
     def __init__(self, model):
         inner = model.model
@@ -276,6 +282,7 @@ class LayerModel:
         self.consts = (float(self.norm.variance_epsilon), int(cfg.num_attention_heads),
                        int(cfg.num_key_value_heads), int(attn.head_dim), float(attn.scaling))
         self._fused: dict[int, tuple] = {}
+        self.fusable = type(self.layers[0]).__name__ in FUSED_LAYERS
 
     def fused(self, i: int) -> tuple:
         """Layer i's weights for `_layer_math` (q/k/v and gate/up concatenated)."""
@@ -285,6 +292,8 @@ class LayerModel:
             with torch.no_grad():
                 self._fused[i] = (
                     torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous(),
+                    None if a.q_proj.bias is None else
+                    torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).contiguous(),
                     a.o_proj.weight,
                     torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous(),
                     m.down_proj.weight, l.input_layernorm.weight,
@@ -310,7 +319,7 @@ class TaskScorer:
     def __init__(self, lm: LayerModel, packed: Packed, head_chunk: int = 256,
                  compiled: bool = False):
         self.lm, self.packed, self.head_chunk = lm, packed, head_chunk
-        self.compiled = compiled
+        self.compiled = compiled and lm.fusable
         self.masks, self.pos, self.pe, self.ids = [], [], [], []
         for a, b in packed.chunks:
             ids = packed.input_ids[a:b]
