@@ -257,17 +257,28 @@ def _compiled(fn):
     return _COMPILED[fn.__name__]
 
 
-FUSED_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
-"""HF decoder layers whose math `_layer_math` is; others run HF's own layers."""
+SEARCH_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
+"""HF decoder layers the search runs one by one (one rotary embedding, a plain or tree
+mask), and whose math `_layer_math` is. Gemma 3's layers need a rotary embedding per
+layer type and a sliding-window mask, which the search does not build yet."""
+
+
+def check_search_layers(model) -> None:
+    """Raises ValueError unless the pool search / baselines can run `model`'s layers."""
+    name = type(model.model.layers[0]).__name__
+    if name not in SEARCH_LAYERS:
+        raise ValueError(f"the pool search and baselines run {', '.join(SEARCH_LAYERS)} only, "
+                         f"not {name} (Gemma 3: per-layer-type rotary embeddings and "
+                         "sliding-window masks are not built here yet)")
 
 
 class LayerModel:
     """The pieces of an HF Llama-family causal LM (embed, decoder layers, final norm,
     LM head, rotary embedding), called directly so any layer subset can run from any
-    cached hidden state. Load the model with ``attn_implementation="sdpa"``.
-    `fusable`: whether the compiled `_layer_math` path computes its layers."""
+    cached hidden state. Load the model with ``attn_implementation="sdpa"``."""
 
     def __init__(self, model):
+        check_search_layers(model)
         inner = model.model
         self.model = model
         self.embed = inner.embed_tokens
@@ -282,7 +293,6 @@ class LayerModel:
         self.consts = (float(self.norm.variance_epsilon), int(cfg.num_attention_heads),
                        int(cfg.num_key_value_heads), int(attn.head_dim), float(attn.scaling))
         self._fused: dict[int, tuple] = {}
-        self.fusable = type(self.layers[0]).__name__ in FUSED_LAYERS
 
     def fused(self, i: int) -> tuple:
         """Layer i's weights for `_layer_math` (q/k/v and gate/up concatenated)."""
@@ -319,7 +329,7 @@ class TaskScorer:
     def __init__(self, lm: LayerModel, packed: Packed, head_chunk: int = 256,
                  compiled: bool = False):
         self.lm, self.packed, self.head_chunk = lm, packed, head_chunk
-        self.compiled = compiled and lm.fusable
+        self.compiled = compiled
         self.masks, self.pos, self.pe, self.ids = [], [], [], []
         for a, b in packed.chunks:
             ids = packed.input_ids[a:b]
