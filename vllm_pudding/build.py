@@ -1,4 +1,5 @@
-"""`pudding build`: a pudding model dir for your own Llama, Mistral or Qwen2 checkpoint, in one command.
+"""`pudding build`: a pudding model dir for your own Llama, Mistral or Qwen2 checkpoint, in
+one command.
 
     pudding build BASE_DIR OUT_DIR --k 7                  # the paper's recipe (hours on CPU)
     pudding build BASE_DIR OUT_DIR --pool pudding/llama3.1-8b   # a published pool: router only
@@ -375,7 +376,8 @@ def _max_model_len(base: Path) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("base", type=Path, help="HF model dir (the dense checkpoint: Llama, Mistral or Qwen2)")
+    p.add_argument("base", type=Path,
+                   help="HF model dir (the dense checkpoint: Llama, Mistral or Qwen2)")
     p.add_argument("out", type=Path, help="the pudding model dir to write")
     p.add_argument("--k", type=int, default=7, help="layers each set omits")
     p.add_argument("--examples", type=int, default=128,

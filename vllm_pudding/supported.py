@@ -1,8 +1,8 @@
 """The vLLM configurations PuDDing serves correctly; every other one is refused at start.
 
 Why: a PuDDing request keeps KV only for its kept layers (one shared region of layer
-slots per block, counted per KV cache group, `patches/kv_slots.py`), and each layer runs on the row subset
-that keeps it, with sub-batch attention metadata built by vLLM's own builders
+slots per block, counted per KV cache group, `patches/kv_slots.py`), and each layer runs
+on the row subset that keeps it, with sub-batch attention metadata built by vLLM's own builders
 (`depth.py`). A vLLM feature that assumes one KV page per layer per block, builds
 per-token state for the whole batch, or runs a second model on the same KV, would
 silently corrupt outputs or hang the engine. None of them can be run on a GPU here (no
