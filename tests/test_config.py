@@ -122,6 +122,29 @@ def test_static_checkpoint_keeps_per_layer_lists(tiny_base, tmp_path):
     assert out["max_window_layers"] == 3  # kept layers 0, 2, 3 lie below the old 4
 
 
+def test_kv_slots_count_per_group():
+    """A layer's KV slot is its rank among its set's kept layers in its KV cache group; a
+    block holds the most layers any set keeps in one group (Gemma-like groups: 2 slots,
+    where vLLM's own layout gives each block a page per layer of the largest group, 3)."""
+    from vllm_pudding import depth
+
+    pool = PuddingConfig(omission_sets=[[0, 5], [3, 5], [4, 5]])  # 5: never built
+    groups = [[0, 3, 4], [1, 2]]  # e.g. sliding-window layers, full-attention layers
+    assert depth.slots_needed(pool, groups) == 2
+    assert depth.slots_needed(pool, [[0, 1, 2, 3, 4]]) == 4  # one group: L - k
+    depth.configure(pool, 6)
+    depth.set_kv_layout(10, groups)
+    try:
+        assert depth.num_slots() == 2 and depth.kv_layout()["groups"] == groups
+        slots = depth._state.slot_of
+        assert slots[0, [3, 4, 1, 2]].tolist() == [0, 1, 0, 1]  # set 0 keeps 3, 4 | 1, 2
+        assert slots[1, [0, 4, 1, 2]].tolist() == [0, 1, 0, 1]
+        assert slots[2, [0, 3, 1, 2]].tolist() == [0, 1, 0, 1]
+        assert depth.all_slot_blocks([7]) == [7, 17]
+    finally:
+        depth._state.pool = None  # this test process serves no model
+
+
 def test_pool_must_fit_model(tiny_base, tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         build_pudding_dir(tiny_base, PuddingConfig(omission_sets=[[7]]), tmp_path / "p")

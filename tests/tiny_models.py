@@ -38,6 +38,8 @@ def _tiny_config(arch: str, vocab: int, num_layers: int, init_std: float):
                   pad_token_id=0, torch_dtype="float32")
     if arch == "llama":
         return transformers.LlamaConfig(**common), "LlamaForCausalLM"
+    if arch == "mistral":  # served by the Llama variant with vLLM's Mistral layer; not in ARCHS
+        return transformers.MistralConfig(**common, sliding_window=None), "MistralForCausalLM"
     if arch == "qwen2":  # q/k/v biases, its own rope base; no sliding window
         return transformers.Qwen2Config(**common, use_sliding_window=False), "Qwen2ForCausalLM"
     if arch == "gemma3":
