@@ -1,22 +1,23 @@
-"""A request routed to set S equals stock vLLM on the checkpoint with S removed, for
-every architecture with a tiny model (`tiny_models.ARCHS`: Llama, Qwen2).
+"""A request routed to set S equals the model with S removed, for every architecture
+with a tiny model (`tiny_models.ARCHS`: Llama, Qwen2, Gemma 3).
 
-Oracle: stock vLLM (plain <Arch>ForCausalLM) serving a checkpoint whose layers of
-S were physically removed, each prompt alone. PuDDing must match it in fp32,
+Oracle: the model with S's layers physically removed, each prompt alone: stock vLLM
+(plain LlamaForCausalLM) serving the static checkpoint for Llama, HF transformers with
+those layers deleted for the other architectures. PuDDing must match it in fp32,
 greedy tokens identical and chosen-token logprobs within 1e-3, for a request
 alone and inside a mixed batch (every set, a prompt longer than the chunked
 prefill budget, so steps mix prefill chunks with decodes). Per architecture, one
 PuDDing engine (Llama: the session's shared one) also shows that layers no set keeps
-are never built and that its KV capacity is the static model's: L - k layer slots per
-block.
+are never built and that its KV blocks hold one slot per layer a set keeps, counted per
+KV cache group.
 """
 
 import pytest
 
 from conftest import TINY_LAYERS, TINY_SETS
-from engines import (CHUNK_BUDGET, built_layers, engine, greedy, kv_capacity_tokens, kv_views,
-                     token_prompts, tokens_and_logprobs)
-from tiny_models import ARCHS
+from engines import (CHUNK_BUDGET, built_layers, engine, greedy, kv_capacity_tokens,
+                     kv_views, token_prompts, tokens_and_logprobs)
+from tiny_models import ARCHS, hf_greedy, hf_without_layers
 
 LENGTHS = [5, 9, 17, 33, 150, 3]  # 150 > CHUNK_BUDGET: chunked prefill
 MAX_TOKENS = 12
@@ -46,23 +47,24 @@ def arch_llm(arch, tiny_models, request):
 
 
 @pytest.fixture(scope="module")
-def static_runs(arch, tiny_models, prompts):
-    """Stock vLLM on each set's static checkpoint, each prompt alone:
-    ((set id, prompt index) -> (tokens, logprobs), set id -> KV capacity in tokens)."""
-    refs, capacity = {}, {}
-    for set_id, path in tiny_models(arch).static.items():
-        with engine(path) as llm:
-            capacity[set_id] = kv_capacity_tokens(llm)
-            for i, p in enumerate(prompts):
-                refs[set_id, i] = tokens_and_logprobs(llm.generate([p], greedy(MAX_TOKENS),
-                                                                   use_tqdm=False)[0])
-    return refs, capacity
-
-
-@pytest.fixture(scope="module")
-def static_refs(static_runs):
-    """(set id, prompt index) -> (tokens, logprobs) from stock vLLM, each prompt alone."""
-    return static_runs[0]
+def static_refs(arch, tiny_models, prompts):
+    """(set id, prompt index) -> (tokens, logprobs) of the model with the set's layers
+    removed, each prompt alone: stock vLLM on each static checkpoint for Llama; HF
+    transformers with the layers deleted for the other architectures (an independent
+    implementation, and one engine per architecture instead of one per set)."""
+    refs = {}
+    models = tiny_models(arch)
+    for set_id, path in models.static.items():
+        if arch == "llama":
+            with engine(path) as llm:
+                for i, p in enumerate(prompts):
+                    refs[set_id, i] = tokens_and_logprobs(llm.generate(
+                        [p], greedy(MAX_TOKENS), use_tqdm=False)[0])
+            continue
+        model = hf_without_layers(models.base, TINY_SETS[set_id])
+        for i, p in enumerate(prompts):
+            refs[set_id, i] = hf_greedy(model, p["prompt_token_ids"], MAX_TOKENS)
+    return refs
 
 
 def assert_matches(got, want, what):
@@ -147,19 +149,21 @@ KV_LAYOUT = {  # built layers 0, 2-5; sets keep 4 of them
 }
 
 
-def test_kv_capacity_is_the_static_models(arch, arch_llm, static_runs):
-    """KV slots per block, counted per KV cache group, and as many tokens fit as in stock
-    vLLM serving set 0's static checkpoint in the same KV memory (Llama, Qwen2: L - k
-    layers of one group; Gemma 3: groups of two layers)."""
+def test_kv_capacity_counts_slots_per_group(arch, arch_llm, pudding_llm):
+    """KV slots per block, counted per KV cache group, and the tokens that fit: the KV
+    memory over `slots` layer pages per token (Llama, Qwen2: L - k layers of one group;
+    Gemma 3: groups of two layers). Every tiny model has the same KV bytes per token and
+    layer (2 KV heads of 32, fp32) and the same KV memory, so tokens x slots is the Llama
+    engine's, whose capacity tests/test_engine_structure.py checks against stock vLLM."""
     from vllm_pudding.depth import kv_layout
 
     layout = arch_llm.apply_model(kv_layout)[0]
     want = KV_LAYOUT[arch]
     assert layout["slots"] == want["slots"], layout
     assert sorted(layout["groups"]) == want["groups"], layout
-    _, capacity = static_runs
-    ratio = kv_capacity_tokens(arch_llm) / capacity[0]
-    assert 0.99 <= ratio <= 1.01, (kv_capacity_tokens(arch_llm), capacity)
+    llama = KV_LAYOUT["llama"]["slots"] * kv_capacity_tokens(pudding_llm)
+    ratio = want["slots"] * kv_capacity_tokens(arch_llm) / llama
+    assert 0.99 <= ratio <= 1.01, (kv_capacity_tokens(arch_llm), llama)
 
 
 def test_all_layers_share_one_slot_region(arch_llm):

@@ -100,3 +100,18 @@ def hf_without_layers(base: Path, omitted) -> "torch.nn.Module":
     for i, layer in enumerate(model.model.layers):
         layer.self_attn.layer_idx = i
     return model
+
+
+def hf_greedy(model, prompt_ids, steps: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their logprobs from an HF causal LM (`hf_without_layers`), fp32,
+    recomputing the whole sequence each step (no KV cache to get wrong)."""
+    ids = torch.tensor([list(prompt_ids)])
+    tokens, logprobs = [], []
+    with torch.no_grad():
+        for _ in range(steps):
+            lp = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
+            tok = int(lp.argmax())
+            tokens.append(tok)
+            logprobs.append(float(lp[tok]))
+            ids = torch.cat([ids, torch.tensor([[tok]])], dim=1)
+    return tokens, logprobs
