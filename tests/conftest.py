@@ -1,11 +1,12 @@
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import write_tiny_llama  # noqa: E402
+from tiny_models import write_tiny  # noqa: E402
 
 # Set 0 omits layer 0 (exercises the first-layer residual path); layer 1 is
 # omitted by every set, so it is never built and holds no KV.
@@ -13,28 +14,52 @@ TINY_SETS = [[0, 1], [1, 3], [1, 4]]
 TINY_LAYERS = 6
 
 
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "base", num_layers=TINY_LAYERS)
+@dataclass(frozen=True)
+class TinyModels:
+    """One architecture's tiny checkpoints: base, pudding dir, static set checkpoints."""
+
+    base: Path
+    pudding: Path
+    static: dict  # set id -> checkpoint with that set's layers physically removed
 
 
 @pytest.fixture(scope="session")
-def tiny_pudding(tiny_base, tmp_path_factory) -> Path:
+def tiny_models(tmp_path_factory):
+    """arch -> TinyModels, written on first use (a second of CPU each)."""
     from vllm_pudding.artifact import build_pudding_dir
     from vllm_pudding.config import PuddingConfig
+    from vllm_pudding.static import write_static_checkpoint
 
-    return build_pudding_dir(tiny_base, PuddingConfig(omission_sets=TINY_SETS),
-                             tmp_path_factory.mktemp("pud") / "tiny-pudding")
+    built = {}
+
+    def get(arch: str) -> TinyModels:
+        if arch not in built:
+            root = tmp_path_factory.mktemp(f"tiny-{arch}")
+            base = write_tiny(arch, root / "base", num_layers=TINY_LAYERS)
+            pudding = build_pudding_dir(base, PuddingConfig(omission_sets=TINY_SETS),
+                                        root / "tiny-pudding")
+            static = {i: write_static_checkpoint(base, s, root / f"set{i}")
+                      for i, s in enumerate(TINY_SETS)}
+            built[arch] = TinyModels(base, pudding, static)
+        return built[arch]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def tiny_static(tiny_base, tmp_path_factory):
-    """set id -> checkpoint with that set's layers physically removed."""
-    from vllm_pudding.static import write_static_checkpoint
+def tiny_base(tiny_models) -> Path:
+    return tiny_models("llama").base
 
-    root = tmp_path_factory.mktemp("static")
-    return {i: write_static_checkpoint(tiny_base, s, root / f"set{i}")
-            for i, s in enumerate(TINY_SETS)}
+
+@pytest.fixture(scope="session")
+def tiny_pudding(tiny_models) -> Path:
+    return tiny_models("llama").pudding
+
+
+@pytest.fixture(scope="session")
+def tiny_static(tiny_models):
+    """set id -> checkpoint with that set's layers physically removed."""
+    return tiny_models("llama").static
 
 
 @pytest.fixture(scope="session")

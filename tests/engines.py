@@ -65,3 +65,17 @@ def tokens_and_logprobs(output):
 def kv_capacity_tokens(llm) -> int:
     cache = llm.llm_engine.vllm_config.cache_config
     return cache.num_gpu_blocks * cache.block_size
+
+
+def built_layers(model):
+    """(`LLM.apply_model`) indices of the decoder layers with parameters, and the names of
+    the attention modules (the layers that hold KV)."""
+    params = sorted({n.split(".")[2] for n, _ in model.named_parameters() if ".layers." in n})
+    attn = [n for n, m in model.named_modules() if type(m).__name__ == "Attention"]
+    return [int(p) for p in params], attn
+
+
+def kv_views(model):
+    """(`LLM.apply_model`) each attention layer's KV cache: data pointer and shape."""
+    attn = [m for _, m in model.named_modules() if type(m).__name__ == "Attention"]
+    return [a.kv_cache.data_ptr() for a in attn], [tuple(a.kv_cache.shape) for a in attn]

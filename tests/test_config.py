@@ -72,6 +72,79 @@ def test_pudding_dir_roundtrip_and_malformed_file(tiny_base, tmp_path):
         load_pudding_dir(out)
 
 
+@pytest.mark.parametrize("arch, pudding_arch", [
+    ("LlamaForCausalLM", "PuddingLlamaForCausalLM"),
+    ("MistralForCausalLM", "PuddingMistralForCausalLM"),
+    ("Qwen2ForCausalLM", "PuddingQwen2ForCausalLM"),
+    ("Gemma3ForCausalLM", "PuddingGemma3ForCausalLM"),
+    ("GPT2LMHeadModel", r"vllm-pudding supports \[.*'Qwen2ForCausalLM'"),
+])
+def test_pudding_dir_architectures(tiny_base, tmp_path, arch, pudding_arch):
+    """Each base architecture becomes its registered PuDDing variant, which `pudding
+    static` turns back; others are refused naming what is supported (or why not)."""
+    import shutil
+
+    import vllm_pudding
+    from vllm_pudding.static import write_static_checkpoint
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "architectures": [arch]}))
+    pool = PuddingConfig(omission_sets=[[1, 2], [2, 3]])
+    if not pudding_arch.startswith("Pudding"):
+        with pytest.raises(ValueError, match=pudding_arch):
+            build_pudding_dir(base, pool, tmp_path / "p")
+        return
+    out = build_pudding_dir(base, pool, tmp_path / "p")
+    assert json.loads((out / "config.json").read_text())["architectures"] == [pudding_arch]
+    assert pudding_arch in vllm_pudding.ARCHITECTURES
+    static = write_static_checkpoint(out, [1, 2], tmp_path / "s")
+    assert json.loads((static / "config.json").read_text())["architectures"] == [arch]
+
+
+def test_static_checkpoint_keeps_per_layer_lists(tiny_base, tmp_path):
+    """Per-layer attention types follow the kept layers (Gemma 3, Qwen2 sliding layers)."""
+    import shutil
+
+    from vllm_pudding.static import write_static_checkpoint
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    config = json.loads((base / "config.json").read_text())
+    types = ["sliding_attention"] * 5 + ["full_attention"]
+    config.update(layer_types=types, max_window_layers=4)
+    (base / "config.json").write_text(json.dumps(config))
+    out = json.loads((write_static_checkpoint(base, [1, 5], tmp_path / "s") / "config.json")
+                     .read_text())
+    assert out["num_hidden_layers"] == 4
+    assert out["layer_types"] == ["sliding_attention"] * 4
+    assert out["max_window_layers"] == 3  # kept layers 0, 2, 3 lie below the old 4
+
+
+def test_kv_slots_count_per_group():
+    """A layer's KV slot is its rank among its set's kept layers in its KV cache group; a
+    block holds the most layers any set keeps in one group (Gemma-like groups: 2 slots,
+    where vLLM's own layout gives each block a page per layer of the largest group, 3)."""
+    from vllm_pudding import depth
+
+    pool = PuddingConfig(omission_sets=[[0, 5], [3, 5], [4, 5]])  # 5: never built
+    groups = [[0, 3, 4], [1, 2]]  # e.g. sliding-window layers, full-attention layers
+    assert depth.slots_needed(pool, groups) == 2
+    assert depth.slots_needed(pool, [[0, 1, 2, 3, 4]]) == 4  # one group: L - k
+    depth.configure(pool, 6)
+    depth.set_kv_layout(10, groups)
+    try:
+        assert depth.num_slots() == 2 and depth.kv_layout()["groups"] == groups
+        slots = depth._state.slot_of
+        assert slots[0, [3, 4, 1, 2]].tolist() == [0, 1, 0, 1]  # set 0 keeps 3, 4 | 1, 2
+        assert slots[1, [0, 4, 1, 2]].tolist() == [0, 1, 0, 1]
+        assert slots[2, [0, 3, 1, 2]].tolist() == [0, 1, 0, 1]
+        assert depth.all_slot_blocks([7]) == [7, 17]
+    finally:
+        depth._state.pool = None  # this test process serves no model
+
+
 def test_pool_must_fit_model(tiny_base, tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         build_pudding_dir(tiny_base, PuddingConfig(omission_sets=[[7]]), tmp_path / "p")

@@ -5,29 +5,13 @@ must follow what the HF reference model generates with those layers removed.
 """
 
 import pytest
-import torch
 
 from conftest import TINY_SETS
-from tiny_models import hf_without_layers
+from tiny_models import hf_greedy, hf_without_layers
 from engines import greedy, token_prompts, tokens_and_logprobs
 
 PROMPTS = token_prompts([6, 40], seed=5)
 STEPS = 8
-
-
-def hf_greedy(base, omitted, prompt_ids):
-    model = hf_without_layers(base, omitted)
-    ids = torch.tensor([prompt_ids])
-    tokens, logprobs = [], []
-    with torch.no_grad():
-        for _ in range(STEPS):
-            logits = model(ids).logits[0, -1].float()
-            lp = torch.log_softmax(logits, -1)
-            tok = int(lp.argmax())
-            tokens.append(tok)
-            logprobs.append(float(lp[tok]))
-            ids = torch.cat([ids, torch.tensor([[tok]])], dim=1)
-    return tokens, logprobs
 
 
 @pytest.mark.parametrize("set_id", range(len(TINY_SETS)))
@@ -35,7 +19,7 @@ def test_matches_hf_with_layers_removed(pudding_llm, tiny_base, set_id):
     for prompt in PROMPTS:
         out = pudding_llm.generate([prompt], greedy(STEPS, set_id), use_tqdm=False)[0]
         tokens, lps = tokens_and_logprobs(out)
-        ref_tokens, ref_lps = hf_greedy(tiny_base, set(TINY_SETS[set_id]),
-                                        prompt["prompt_token_ids"])
+        ref_tokens, ref_lps = hf_greedy(hf_without_layers(tiny_base, TINY_SETS[set_id]),
+                                        prompt["prompt_token_ids"], STEPS)
         assert tokens == ref_tokens
         assert max(abs(a - b) for a, b in zip(lps, ref_lps)) < 1e-2

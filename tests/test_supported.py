@@ -72,7 +72,6 @@ def _group(name="CPU_ATTN", kernel_block_size=None, kv_group=0):
 @pytest.mark.parametrize("groups, match", [
     ([[_group("FLASHINFER")]], r"attention backend FLASHINFER.*--attention-backend"),
     ([[_group("FLASH_ATTN", kernel_block_size=64)]], r"kernel blocks of 64"),
-    ([[_group()], [_group(kv_group=1)]], r"one KV cache group"),
 ])
 def test_worker_refuses_what_the_config_could_not_show(groups, match):
     from vllm_pudding.supported import check_attention_groups
@@ -83,9 +82,11 @@ def test_worker_refuses_what_the_config_could_not_show(groups, match):
 
 @pytest.mark.parametrize("name", ["FLASH_ATTN", "TRITON_ATTN", "CPU_ATTN"])
 def test_worker_accepts_supported_backends(name):
+    """Several KV cache groups too (Gemma 3's sliding-window and full-attention layers)."""
     from vllm_pudding.supported import check_attention_groups
 
     check_attention_groups([[_group(name)]])
+    check_attention_groups([[_group(name)], [_group(name, kv_group=1)]])
 
 
 NON_CPU_REGISTER = textwrap.dedent("""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 ARCHITECTURES = {
     "PuddingLlamaForCausalLM": "vllm_pudding.models.llama:PuddingLlamaForCausalLM",
+    "PuddingMistralForCausalLM": "vllm_pudding.models.llama:PuddingMistralForCausalLM",
+    "PuddingQwen2ForCausalLM": "vllm_pudding.models.qwen2:PuddingQwen2ForCausalLM",
+    "PuddingGemma3ForCausalLM": "vllm_pudding.models.gemma3:PuddingGemma3ForCausalLM",
 }
 
 _registered = False

@@ -19,12 +19,20 @@ from typing import Any
 from vllm_pudding.config import SECTION, PuddingConfig
 
 META_FILE = "pudding_meta.json"
-PUDDING_ARCH = {"LlamaForCausalLM": "PuddingLlamaForCausalLM"}
+PUDDING_ARCH = {
+    "LlamaForCausalLM": "PuddingLlamaForCausalLM",
+    "MistralForCausalLM": "PuddingMistralForCausalLM",
+    "Qwen2ForCausalLM": "PuddingQwen2ForCausalLM",
+    "Gemma3ForCausalLM": "PuddingGemma3ForCausalLM",
+}
+"""Base architecture -> its PuDDing variant (vllm_pudding.ARCHITECTURES); `pudding static`
+turns a variant back by dropping the prefix."""
 
 
 def build_pudding_dir(base_dir: Path, pool: PuddingConfig, out_dir: Path,
                       meta: dict[str, Any] | None = None) -> Path:
-    """Writes `out_dir` atomically from `base_dir` (an HF Llama dir) and a validated pool."""
+    """Writes `out_dir` atomically from `base_dir` (an HF model dir of an architecture in
+    PUDDING_ARCH) and a validated pool."""
     base_dir, out_dir = Path(base_dir).resolve(), Path(out_dir)
     config = json.loads((base_dir / "config.json").read_text())
     config["architectures"] = [_pudding_arch(config)]

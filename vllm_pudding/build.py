@@ -1,4 +1,5 @@
-"""`pudding build`: a pudding model dir for your own Llama checkpoint, in one command.
+"""`pudding build`: a pudding model dir for your own Llama, Mistral or Qwen2 checkpoint, in
+one command.
 
     pudding build BASE_DIR OUT_DIR --k 7                  # the paper's recipe (hours on CPU)
     pudding build BASE_DIR OUT_DIR --pool pudding/llama3.1-8b   # a published pool: router only
@@ -45,7 +46,7 @@ class BuildArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base: Path = Field(description="HF Llama model dir (the dense checkpoint).")
+    base: Path = Field(description="HF model dir (the dense checkpoint: Llama, Mistral or Qwen2).")
     out: Path = Field(description="The pudding model dir to write.")
     k: int = Field(7, ge=1, description="Layers each set omits.")
     examples: int = Field(128, ge=1, description="Train examples per task, pool search.")
@@ -77,7 +78,7 @@ class BuildArgs(BaseModel):
     @classmethod
     def _is_model_dir(cls, base: Path) -> Path:
         if not (Path(base) / "config.json").is_file():
-            raise ValueError(f"{base}: no config.json (expected an HF Llama model dir)")
+            raise ValueError(f"{base}: no config.json (expected an HF model dir)")
         return base
 
     @field_validator("tasks")
@@ -375,7 +376,8 @@ def _max_model_len(base: Path) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("base", type=Path, help="HF Llama model dir (the dense checkpoint)")
+    p.add_argument("base", type=Path,
+                   help="HF model dir (the dense checkpoint: Llama, Mistral or Qwen2)")
     p.add_argument("out", type=Path, help="the pudding model dir to write")
     p.add_argument("--k", type=int, default=7, help="layers each set omits")
     p.add_argument("--examples", type=int, default=128,

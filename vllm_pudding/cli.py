@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     from vllm_pudding import build
 
     build.add_arguments(sub.add_parser(
-        "build", help="build a pudding dir for a Llama checkpoint", description=build.__doc__,
+        "build", help="build a pudding dir for a Llama, Mistral or Qwen2 checkpoint",
+        description=build.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -12,7 +12,7 @@ Data flow, one step:
   runner._build_attention_metadata  --patch-->  begin_step / record_group / end_step
       -> StepPlan (row -> set id from each request's extra_args["pudding_set"];
                    every SubBatch built)
-  PuddingLlamaModel.forward -> LayerRunner.run(layer) -> plan.for_layer(idx)
+  models.common.run_layers -> LayerRunner.run(layer) -> plan.for_layer(idx)
       -> ALL (dense call) | NONE (skip) | SubBatch (gather, swap metadata, run, scatter)
 
 Only this module, `sub_batch.py` and `vllm_pudding.patches` touch vLLM's attention
@@ -48,6 +48,8 @@ class _State:
     kept: np.ndarray | None = None  # [num_sets + 1, num_layers] bool, last row = dense
     slot_of: np.ndarray | None = None  # [num_sets + 1, num_layers] KV slot of a kept layer
     kv_blocks: int = 0  # blocks the KV manager hands out (each holds num_slots layer slots)
+    num_slots: int = 0  # layer slots per block (set_kv_layout)
+    kv_groups: list = []  # each KV cache group's decoder layers (set_kv_layout)
     recording: dict | None = None  # attn group -> CommonAttentionMetadata, during a build
     plan: "StepPlan | None" = None
     dummy: int = 0
@@ -61,16 +63,42 @@ _state = _State()
 
 
 def configure(pool: PuddingConfig, num_layers: int, router: Any = None) -> None:
-    """Called when the model is built in a worker: kept-layer and KV-slot matrices."""
+    """Called when the model is built in a worker: the kept-layer matrix."""
     never_kept = pool.omitted_by_all()
     built = [l not in never_kept for l in range(num_layers)]
     kept = np.array(pool.kept_mask(num_layers) + [built], dtype=bool)
-    num_slots = num_layers - pool.k
-    # Slot of a kept layer = its rank among the layers its set keeps. Dense rows
-    # (dummy runs, no live request) clip into the last slot: they own no blocks.
-    slot_of = np.minimum(np.cumsum(kept, axis=1) - 1, num_slots - 1)
-    _state.pool, _state.kept, _state.slot_of = pool, kept, slot_of
+    _state.pool, _state.kept = pool, kept
     _state.router, _state.routes = router, {}
+    _state.kv_blocks, _state.num_slots, _state.slot_of = 0, 0, None
+
+
+def slots_needed(pool: PuddingConfig, groups: list[list[int]]) -> int:
+    """Layer slots per KV block: the most layers any set keeps in any KV cache group
+    (L - k with one group of every built layer)."""
+    return max(sum(1 for l in g if l not in set(s)) for s in pool.omission_sets for g in groups)
+
+
+def set_kv_layout(num_blocks: int, groups: list[list[int]]) -> None:
+    """Called when the worker allocates the KV cache: blocks and each group's layers.
+
+    Slot of a kept layer = its rank among the layers its set keeps in that layer's KV
+    cache group. Dense rows (dummy runs, no live request) clip into the last slot: they
+    own no blocks."""
+    kept = _state.kept
+    slot_of = np.zeros_like(kept, dtype=np.int64)
+    for g in groups:
+        g = sorted(g)
+        slot_of[:, g] = np.cumsum(kept[:, g], axis=1) - 1
+    _state.num_slots = slots_needed(_state.pool, groups)
+    _state.slot_of = np.clip(slot_of, 0, _state.num_slots - 1)
+    _state.kv_blocks = num_blocks
+    _state.kv_groups = [sorted(g) for g in groups]
+
+
+def kv_layout(_model: Any = None) -> dict:
+    """This worker's KV slot layout (`LLM.apply_model(kv_layout)`): slots per block and
+    each KV cache group's decoder layers."""
+    return {"slots": _state.num_slots, "groups": _state.kv_groups}
 
 
 def route_after() -> int | None:
@@ -95,12 +123,8 @@ def is_active() -> bool:
 
 
 def num_slots() -> int:
-    """KV layer slots per block: the layers one request keeps (L - k)."""
-    return _state.kept.shape[1] - _state.pool.k
-
-
-def set_kv_blocks(num_blocks: int) -> None:
-    _state.kv_blocks = num_blocks
+    """KV layer slots per block (L - k with one KV cache group)."""
+    return _state.num_slots
 
 
 def all_slot_blocks(block_ids: list[int]) -> list[int]:

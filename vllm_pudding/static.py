@@ -32,6 +32,7 @@ def write_static_checkpoint(base_dir: Path, omitted: list[int], out_dir: Path) -
                 tensors[renamed] = tensor
     save_file(tensors, out_dir / "model.safetensors")
     config["num_hidden_layers"] = len(kept)
+    _keep_layer_lists(config, kept)
     config.pop("pudding", None)
     config["architectures"] = [a.removeprefix("Pudding") for a in config["architectures"]]
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -42,6 +43,16 @@ def write_static_checkpoint(base_dir: Path, omitted: list[int], out_dir: Path) -
             if not target.exists():
                 os.symlink(item.resolve(), target)
     return out_dir
+
+
+def _keep_layer_lists(config: dict, kept: list[int]) -> None:
+    """Per-layer config lists (`layer_types`: Gemma 3's sliding/full interleave, Qwen2's
+    sliding layers) follow the kept layers, so each keeps its own attention type."""
+    for cfg in (config, config.get("text_config") or {}):
+        if isinstance(cfg.get("layer_types"), list):
+            cfg["layer_types"] = [cfg["layer_types"][l] for l in kept]
+        if "max_window_layers" in cfg:  # Qwen2: layers from this index on use sliding window
+            cfg["max_window_layers"] = sum(1 for l in kept if l < cfg["max_window_layers"])
 
 
 def _rename(name: str, new_index: dict[int, int]) -> str | None:

@@ -1,8 +1,8 @@
 """The vLLM configurations PuDDing serves correctly; every other one is refused at start.
 
-Why: a PuDDing request keeps KV only for its kept layers (one shared region of L - k
-layer slots per block, `patches/kv_slots.py`), and each layer runs on the row subset
-that keeps it, with sub-batch attention metadata built by vLLM's own builders
+Why: a PuDDing request keeps KV only for its kept layers (one shared region of layer
+slots per block, counted per KV cache group, `patches/kv_slots.py`), and each layer runs
+on the row subset that keeps it, with sub-batch attention metadata built by vLLM's own builders
 (`depth.py`). A vLLM feature that assumes one KV page per layer per block, builds
 per-token state for the whole batch, or runs a second model on the same KV, would
 silently corrupt outputs or hang the engine. None of them can be run on a GPU here (no
@@ -110,8 +110,8 @@ def _partial_prefix(cfg) -> str | None:
 
 def _hybrid(cfg) -> str | None:
     if getattr(cfg.model_config, "is_hybrid", False):
-        return ("hybrid attention/Mamba models need several KV groups and KV zeroing; PuDDing "
-                "KV slots need one full-attention group")
+        return ("hybrid attention/Mamba models keep Mamba state and need KV zeroing, which "
+                "PuDDing's KV layer slots do not model")
     return None
 
 
@@ -159,8 +159,6 @@ def check_attention_groups(attn_groups) -> None:
     Raises ValueError naming the backend or setting; runs at engine start, never mid-serving.
     """
     groups = [g for per_kv_group in attn_groups for g in per_kv_group]
-    if len({g.kv_cache_group_id for g in groups}) > 1:
-        raise ValueError("vllm-pudding needs one KV cache group (all layers full attention)")
     for group in groups:
         name = group.backend.get_name()
         if name not in SUPPORTED_BACKENDS:

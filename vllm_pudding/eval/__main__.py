@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m vllm_pudding.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="pudding model dir or plain HF Llama dir")
+    p.add_argument("--model", required=True, help="pudding model dir or plain HF model dir")
     p.add_argument("--tasks", default="all",
                    help=f"comma list, 'all' ({','.join(EVAL_TASKS)}) or 'calib6'")
     p.add_argument("--split", default="validation", choices=("validation", "train"),

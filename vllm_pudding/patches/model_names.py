@@ -57,7 +57,7 @@ def _speculators_probe(original):
     def maybe_override_with_speculators(model, tokenizer, *args, **kwargs):
         if is_pudding_name(model):
             resolve(model)
-            # A pudding dir is a Llama checkpoint, never a speculators one.
+            # A pudding dir is a plain decoder checkpoint, never a speculators one.
             return model, tokenizer, kwargs.get("vllm_speculative_config")
         return original(model, tokenizer, *args, **kwargs)
 

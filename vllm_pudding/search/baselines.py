@@ -91,6 +91,9 @@ class Blocks:
     """Runs an HF Llama's decoder blocks one by one on fixed calibration ids."""
 
     def __init__(self, model, ids: torch.Tensor):
+        from vllm_pudding.search.scoring import check_search_layers
+
+        check_search_layers(model)
         inner = model.model
         self.layers, self.norm, self.head = inner.layers, inner.norm, model.lm_head
         self.ids = ids

@@ -95,6 +95,9 @@ class LayerRunner:
     lm_head ourselves lets a trial start from a cached hidden state."""
 
     def __init__(self, model, ids: torch.Tensor):
+        from vllm_pudding.search.scoring import check_search_layers
+
+        check_search_layers(model)
         inner = model.model
         self.layers, self.norm, self.head = inner.layers, inner.norm, model.lm_head
         self.ids = ids

@@ -215,12 +215,13 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _layer_math(h, mask, cos, sin, wqkv, wo, wgu, wd, n1, n2,
+def _layer_math(h, mask, cos, sin, wqkv, bqkv, wo, wgu, wd, n1, n2,
                 eps: float, nq: int, nkv: int, hd: int, scale: float):
-    """One LlamaDecoderLayer (HF's op order) with a bool attention mask."""
+    """One LlamaDecoderLayer (HF's op order) with a bool attention mask; `bqkv`: Qwen2's
+    q/k/v biases (None for Llama), its only difference from Llama here."""
     F = torch.nn.functional
     B, T, _ = h.shape
-    q, k, v = F.linear(_rms(h, n1, eps), wqkv).split([nq * hd, nkv * hd, nkv * hd], -1)
+    q, k, v = F.linear(_rms(h, n1, eps), wqkv, bqkv).split([nq * hd, nkv * hd, nkv * hd], -1)
     q = q.view(B, T, nq, hd).transpose(1, 2)
     k = k.view(B, T, nkv, hd).transpose(1, 2)
     v = v.view(B, T, nkv, hd).transpose(1, 2)
@@ -256,12 +257,28 @@ def _compiled(fn):
     return _COMPILED[fn.__name__]
 
 
+SEARCH_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
+"""HF decoder layers the search runs one by one (one rotary embedding, a plain or tree
+mask), and whose math `_layer_math` is. Gemma 3's layers need a rotary embedding per
+layer type and a sliding-window mask, which the search does not build yet."""
+
+
+def check_search_layers(model) -> None:
+    """Raises ValueError unless the pool search / baselines can run `model`'s layers."""
+    name = type(model.model.layers[0]).__name__
+    if name not in SEARCH_LAYERS:
+        raise ValueError(f"the pool search and baselines run {', '.join(SEARCH_LAYERS)} only, "
+                         f"not {name} (Gemma 3: per-layer-type rotary embeddings and "
+                         "sliding-window masks are not built here yet)")
+
+
 class LayerModel:
     """The pieces of an HF Llama-family causal LM (embed, decoder layers, final norm,
     LM head, rotary embedding), called directly so any layer subset can run from any
     cached hidden state. Load the model with ``attn_implementation="sdpa"``."""
 
     def __init__(self, model):
+        check_search_layers(model)
         inner = model.model
         self.model = model
         self.embed = inner.embed_tokens
@@ -285,6 +302,8 @@ class LayerModel:
             with torch.no_grad():
                 self._fused[i] = (
                     torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous(),
+                    None if a.q_proj.bias is None else
+                    torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).contiguous(),
                     a.o_proj.weight,
                     torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous(),
                     m.down_proj.weight, l.input_layernorm.weight,
