@@ -51,7 +51,7 @@ class EngineReplica:
         tasks = await engine.get_supported_tasks()
         self.app = build_app(self.args, tasks, engine.model_config)
         await init_app_state(engine, self.app.state, self.args, tasks)
-        self.sets_served: Counter[str] = Counter()  # pinned set id (or "none") -> requests
+        self.sets_served: Counter[str] = Counter()  # set id (or "none") -> accepted requests
         self.in_flight = 0
 
     async def handle(self, method: str, path: str, headers: list[tuple[str, str]],
@@ -59,8 +59,9 @@ class EngineReplica:
         """Streams (status, headers), then the body chunks, of one request to the app."""
         self.in_flight += 1
         try:
-            self._count(path, body)
             async for item in call(self.app, method, path, headers, body):
+                if isinstance(item, tuple) and item[0] == 200:
+                    self._count(path, body)  # requests the engine accepted
                 yield item
         finally:
             self.in_flight -= 1
