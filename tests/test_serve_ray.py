@@ -117,6 +117,26 @@ def test_several_routed_prompts_are_split_and_merged_in_order(app, prompts, refs
     assert data["usage"]["completion_tokens"] == SHORT * len(texts)
 
 
+def test_chat_and_token_prompts_route_on_the_engines_tokens(app, planted, hidden_dir,
+                                                            prompts):
+    """The hidden router reads what the engine would: the chat as rendered (this template
+    adds no special tokens), a token-id prompt as sent."""
+    from transformers import AutoTokenizer
+
+    _, head, enc = planted
+    tok = AutoTokenizer.from_pretrained(str(hidden_dir))
+    texts, _ = prompts
+    bare = [tok(t, add_special_tokens=False)["input_ids"] for t in texts[:3]]
+    want = head.route(enc.encode_ids(bare))
+    for text, ids, s in zip(texts, bare, want):
+        chat = {"model": NAME, "messages": [{"role": "user", "content": text}],
+                "max_tokens": 2, "temperature": 0.0}
+        data = requests.post(f"{app.base_url}/v1/chat/completions", json=chat, timeout=300).json()
+        assert (data["pudding_set"], data["pudding_routed"]) == (s, True), data
+        data = complete(app, ids, max_tokens=2).json()
+        assert data["pudding_sets"] == [s] and data["choices"][0]["prompt_token_ids"] == ids
+
+
 def test_chat_and_streams_carry_the_set(app, prompts):
     texts, expected = prompts
     chat = {"model": NAME, "messages": [{"role": "user", "content": texts[0]}],
@@ -124,13 +144,14 @@ def test_chat_and_streams_carry_the_set(app, prompts):
     resp = requests.post(f"{app.base_url}/v1/chat/completions", json=chat, timeout=300)
     assert resp.status_code == 200, resp.text[:1000]
     whole = resp.json()
-    assert (whole["pudding_set"], whole["pudding_routed"]) == (expected[0], True)
+    assert whole["pudding_routed"] is True
+    chat_set = whole["pudding_set"]
     resp = requests.post(f"{app.base_url}/v1/chat/completions", json={**chat, "stream": True},
                          timeout=300)
     events = [json.loads(line[6:]) for line in resp.text.splitlines()
               if line.startswith("data: {")]
     assert events and {(e["pudding_set"], e["pudding_routed"]) for e in events} == \
-        {(expected[0], True)}, resp.text[:2000]
+        {(chat_set, True)}, resp.text[:2000]
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == whole["choices"][0]["message"]["content"]
     resp = complete(app, texts[1], max_tokens=4, stream=True)
@@ -174,6 +195,42 @@ def test_bad_input_gets_vllm_serves_4xx(app, prompts, stream):
     assert resp.status_code == 400, resp.text[:500]
 
 
+def test_example_client_runs_against_the_app(app):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "ray_client.py"
+    out = subprocess.run([sys.executable, str(script), "--url", app.base_url, "--model", NAME,
+                          "--max-tokens", "4", "--set", "1"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for pattern in (r"^completion, pinned: sets \[1\] routed \[False\]: ",
+                    r"^completion, routed: sets \[\d\] routed \[True\]: ",
+                    r"^chat, routed: set \d routed True: ",
+                    r"^completion, streamed, routed: \(set, routed\) per chunk \[\(\d, True\)\]",
+                    r"^mistyped key: HTTP 400: .*unknown key 'pudding_sett'",
+                    r"^replica 0: group \[0\], served \{'0': \d+\}, spills 0$"):
+        assert re.search(pattern, out.stdout, re.M), f"no {pattern!r} in:\n{out.stdout}"
+
+
+def test_example_serve_config_builds_the_app(hidden_dir):
+    """examples/ray_serve_config.yaml: its import_path and args make the application."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" /
+                             "ray_serve_config.yaml").read_text())
+    (application,) = config["applications"]
+    module, _, attr = application["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), attr)
+    bound = builder({**application["args"], "model": str(hidden_dir)})
+    assert type(bound).__name__ == "Application", bound
+
+
 def test_routing_worker_killed_its_pending_prompts_still_complete(app, prompts):
     texts, expected = prompts
     before = app.get("/pudding/replicas")
@@ -214,3 +271,17 @@ def test_replica_killed_under_load_every_request_completes_and_it_restarts(app, 
     assert new["pid"] != victim["engine"]["pid"], new
     check_choice(complete(app, texts[0], xargs={"pudding_set": 0}).json()["choices"][0],
                  refs[0, 0], "after the restart")
+
+
+def test_prefix_encoder_reads_token_ids_as_it_reads_their_text(planted, hidden_dir, prompts):
+    """What the routing workers use for token-id and chat prompts (no Ray needed)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    _, _, enc = planted
+    tok = AutoTokenizer.from_pretrained(str(hidden_dir))
+    texts = prompts[0]
+    ids = [tok(t)["input_ids"] for t in texts]
+    torch.testing.assert_close(enc.encode_ids(ids), enc(texts))
+    with pytest.raises(ValueError, match="non-empty"):
+        enc.encode_ids([[]])

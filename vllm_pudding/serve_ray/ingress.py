@@ -3,8 +3,9 @@
 Per request to /v1/completions or /v1/chat/completions:
 1. A body vllm-pudding cannot read (bad JSON, bad `pudding_*` keys, ...) goes unchanged to
    a replica, whose `vllm serve` app answers it: the same 4xx, word for word.
-2. The set: `pudding_set` when pinned; else the routing workers' choice (the prompt text, or
-   for chat the prompt as the replica's chat template renders it); else the default set.
+2. The set: `pudding_set` when pinned; else the routing workers' choice (on the prompt text;
+   for a hidden router, on the token ids the engine would read: a token-id prompt as sent, a
+   chat as the replicas render it); else the default set.
    A routed request is pinned to its set for the replica and reported back with
    `pudding_routed: true`, as `vllm serve` reports its own routing. A completions request
    with several routed prompts is split into one request per prompt (each may belong to
@@ -75,6 +76,11 @@ def _wants_stream(raw: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(data, dict) and data.get("stream") is True
+
+
+def _is_ids(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt)
 
 
 def _pinned_body(data: dict, set_id: int) -> bytes:
@@ -250,30 +256,38 @@ class Ingress:
         return [(_pinned_body({**data, "prompt": p}, s), s, True)
                 for p, s in zip(data["prompt"], sets)]
 
-    async def _texts(self, data: dict, chat: bool, request: Request) -> list[str] | None:
+    async def _texts(self, data: dict, chat: bool, request: Request) -> list | None:
+        """What the router reads per prompt: the text; token ids (a token-id prompt, or a
+        chat as the replicas render it) go to a hidden router as they are, which is what
+        the engine's in-engine router reads, and are decoded for a text router."""
         if chat:
-            return await self._chat_text(data, request)
-        prompt = data.get("prompt")
-        if isinstance(prompt, str):
-            return [prompt]
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            return list(prompt)
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            return [self._decode(prompt)]
-        if isinstance(prompt, list) and prompt and all(
-                isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt):
-            return [self._decode(p) for p in prompt]
-        return None
+            prompts = await self._chat_ids(data, request)
+        else:
+            prompt = data.get("prompt")
+            if isinstance(prompt, str):
+                return [prompt]
+            if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+                return list(prompt)
+            if _is_ids(prompt):
+                prompts = [prompt]
+            elif isinstance(prompt, list) and prompt and all(_is_ids(p) for p in prompt):
+                prompts = list(prompt)
+            else:
+                return None
+        if prompts is None or self.pool.router.kind == "hidden":
+            return prompts
+        return [self._decode(p) for p in prompts]
 
-    async def _chat_text(self, data: dict, request: Request) -> list[str] | None:
-        """The chat prompt as the replicas render it (their /tokenize), decoded."""
+    async def _chat_ids(self, data: dict, request: Request) -> list | None:
+        """The chat prompt's token ids as the replicas render it (their /tokenize)."""
         keys = ("model", "messages", "add_generation_prompt", "continue_final_message",
                 "chat_template", "chat_template_kwargs", "tools")
         body = json.dumps({k: data[k] for k in keys if k in data}).encode()
         status, _, out = await self._buffered(body, request, None, path="/tokenize")
         if status != 200:
             return None  # the chat request itself gets the replica's error
-        return [self._decode(json.loads(out)["tokens"])]
+        tokens = json.loads(out)["tokens"]
+        return [tokens] if tokens else None
 
     def _decode(self, ids: list[int]) -> str:
         if self._tokenizer is None:
@@ -282,12 +296,12 @@ class Ingress:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model)
         return self._tokenizer.decode(ids, skip_special_tokens=True)
 
-    async def _route(self, text: str) -> int:
-        """The routing workers' set for `text`; retried, then routed here if they fail."""
+    async def _route(self, prompt: str | list[int]) -> int:
+        """The routing workers' set for a prompt; retried, then routed here if they fail."""
         timeout = self.options.get("route_timeout_s", 10.0)
         for _ in range(self.options.get("route_retries", 2)):
             try:
-                set_id, seconds = await asyncio.wait_for(self.router.route.remote(text),
+                set_id, seconds = await asyncio.wait_for(self.router.route.remote(prompt),
                                                          timeout)
                 self.route_seconds.append(seconds)
                 return set_id
@@ -299,11 +313,13 @@ class Ingress:
 
             self._local_router = await asyncio.to_thread(load_router, Path(self.model),
                                                          self.pool)
-        return (await asyncio.to_thread(self._local_router.route, [text]))[0]
+        route = self._local_router.route if isinstance(prompt, str) \
+            else self._local_router.route_ids
+        return (await asyncio.to_thread(route, [prompt]))[0]
 
     # ------------------------------------------------------------ choosing the replica
 
-    async def _pick(self, set_id: int | None) -> int:
+    async def _pick(self, set_id: int | None, resend: bool = False) -> int:
         deadline = time.monotonic() + self.options.get("unavailable_wait_s", 20.0)
         while len(self.down) == len(self.replicas):
             if time.monotonic() > deadline:
@@ -312,7 +328,8 @@ class Ingress:
         loads = [10 ** 9 if i in self.down else n for i, n in enumerate(self.loads)]
         if set_id is None:
             return min(range(len(loads)), key=loads.__getitem__)
-        self.dispatcher.observe(set_id)
+        if not resend:  # the set's traffic counts once per request
+            self.dispatcher.observe(set_id)
         pick = self.dispatcher.choose(set_id, loads)
         if pick in self.down:  # its whole group is down: any replica serves every set
             self.counters["failover"] += 1
@@ -349,7 +366,7 @@ class Ingress:
                         path: str | None = None) -> tuple[int, dict, bytes]:
         """A whole response; resent to another replica when the first one fails."""
         for attempt in range(self.options.get("max_resends", 3) + 1):
-            replica = await self._pick(set_id)
+            replica = await self._pick(set_id, resend=attempt > 0)
             self.loads[replica] += 1
             try:
                 head, chunks = None, []
@@ -372,7 +389,7 @@ class Ingress:
         """Resends until the replica's response head arrives, then streams it through."""
         for attempt in range(self.options.get("max_resends", 3) + 1):
             try:
-                replica = await self._pick(set_id)
+                replica = await self._pick(set_id, resend=attempt > 0)
             except ReplicaUnavailable:
                 return self._unavailable()
             self.loads[replica] += 1

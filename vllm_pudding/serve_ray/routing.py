@@ -34,13 +34,26 @@ class RoutingWorker:
         self.route.set_batch_wait_timeout_s(batch_wait_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def route(self, texts: list[str]) -> list[tuple[int, float]]:
-        """Called with one text per request; Serve hands this the batch (size and wait
-        set from the config in __init__)."""
+    async def route(self, prompts: list[str | list[int]]) -> list[tuple[int, float]]:
+        """Called with one prompt per request (a text, or token ids for a hidden router:
+        what the engine would read); Serve hands this the batch (size and wait set from the
+        config in __init__)."""
         start = time.perf_counter()
-        sets = await asyncio.to_thread(self.router.route, texts)
+        sets = await asyncio.to_thread(self._route, prompts)
         seconds = time.perf_counter() - start
         return [(int(s), seconds) for s in sets]
+
+    def _route(self, prompts: list) -> list[int]:
+        texts = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+        ids = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        out = [0] * len(prompts)
+        for idx, sets in ((texts, self.router.route([prompts[i] for i in texts]) if texts
+                           else []),
+                          (ids, self.router.route_ids([prompts[i] for i in ids]) if ids
+                           else [])):
+            for i, s in zip(idx, sets):
+                out[i] = s
+        return out
 
     def stats(self) -> dict:
         s = self.router.stats
