@@ -50,7 +50,7 @@ def refs(tiny_base, prompt_ids, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-static")
     static = {i: write_static_checkpoint(tiny_base, s, root / f"set{i}")
               for i, s in enumerate(HIDDEN_SETS)}
-    return offline_refs(static, prompt_ids, LONG, root / "offline.log")
+    return offline_refs(static, prompt_ids, LONG, root / "offline.log", timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +285,38 @@ def test_prefix_encoder_reads_token_ids_as_it_reads_their_text(planted, hidden_d
     torch.testing.assert_close(enc.encode_ids(ids), enc(texts))
     with pytest.raises(ValueError, match="non-empty"):
         enc.encode_ids([[]])
+
+
+def test_cli_refuses_ray_outside_a_loopback_namespace(monkeypatch, hidden_dir, capsys):
+    """No namespace can be made: a clear refusal naming the way out, before Ray starts;
+    bad `vllm serve` flags are refused before Ray starts too."""
+    from vllm_pudding import cli
+    from vllm_pudding.serve_ray import launch, netns
+    from vllm_pudding.serve_ray.app import RayAppConfig
+
+    config = RayAppConfig(model=str(hidden_dir))
+    monkeypatch.setattr(netns, "loopback_only", lambda: False)
+    monkeypatch.setattr(netns, "why_no_namespace", lambda: "`unshare -n` failed (it needs root)")
+    with pytest.raises(SystemExit, match=r"loopback-only network namespace.*needs root.*"
+                                         r"--host-network"):
+        launch.serve_ray(config, port=0)
+    with pytest.raises(SystemExit, match="refusing to start Ray"):
+        launch.run_inside(config, None, 0)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve-ray", str(hidden_dir), "--", "--no-such-vllm-flag"])
+    assert exit_info.value.code == 2
+    assert "bad `vllm serve` flags after `--`" in capsys.readouterr().err
+
+
+def test_loopback_command_runs_in_a_namespace_with_only_lo():
+    import subprocess
+    import sys
+
+    from vllm_pudding.serve_ray import netns
+
+    skip_without_namespace()
+    out = subprocess.run(netns.loopback_command(
+        [sys.executable, "-c", "from vllm_pudding.serve_ray.netns import interfaces, "
+         "loopback_only; print(interfaces(), loopback_only())"]),
+        capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "['lo'] True", out

@@ -78,6 +78,13 @@ def run_inside(config: RayAppConfig, socket_path: str | None, http_port: int,
         raise SystemExit(f"pudding serve-ray: refusing to start Ray: this network namespace "
                          f"has interfaces {netns.interfaces()}, not only lo")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray starts its workers at nice 15; the engines are the workload here, not background
+    # work (Ray's own job manager sets 0 for the same reason).
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray's memory monitor kills workers when the whole machine is short of memory, other
+    # tenants' use included: here it killed the Serve controller and restarted every
+    # engine. The kernel's OOM killer still guards the machine.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     import ray
