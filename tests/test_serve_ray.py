@@ -252,12 +252,12 @@ def test_replica_killed_under_load_every_request_completes_and_it_restarts(app, 
     texts, _ = prompts
     jobs = [(i, s) for s in range(len(HIDDEN_SETS)) for i in range(len(texts))][:12]
     before = app.get("/pudding/replicas")
+    victim = before["replicas"][1]  # serves sets 1 and 2: 8 of the 12 requests
+    assert victim["sets"] == [1, 2], victim
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(complete, app, texts[i], LONG, {"pudding_set": s})
                    for i, s in jobs]
-        busy = app.wait_for(lambda d: any(r["in_flight"] >= 2 for r in d["replicas"]), 120,
-                            "a replica with requests in flight")
-        victim = max(busy["replicas"], key=lambda r: r["in_flight"])
+        app.wait_for(lambda d: d["in_flight"][1] >= 2, 120, "replica 1 busy", "/pudding/loads")
         os.kill(victim["engine"]["pid"], signal.SIGKILL)
         results = [f.result() for f in futures]
     for (i, s), resp in zip(jobs, results):

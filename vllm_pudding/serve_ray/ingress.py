@@ -148,6 +148,7 @@ class Ingress:
         self.route_seconds: list[float] = []
         self._failures = _replica_failures()
         self._local_router = None
+        self._local_router_lock = asyncio.Lock()  # loaded once, not by every waiting prompt
         self._tokenizer = None
 
     # ------------------------------------------------------------ endpoints
@@ -173,6 +174,12 @@ class Ingress:
                     pass
         return JSONResponse({"replicas_up": up, "replicas": len(self.replicas)},
                             status_code=200 if up == len(self.replicas) else 503)
+
+    @app.get("/pudding/loads")
+    async def loads_now(self):
+        """Requests in flight per replica and which are down; asks no replica (cheap)."""
+        return {"in_flight": self.loads, "down": sorted(self.down),
+                "counters": dict(self.counters)}
 
     @app.get("/pudding/replicas")
     async def replica_stats(self):
@@ -308,11 +315,12 @@ class Ingress:
             except (asyncio.TimeoutError, *self._failures):
                 self.counters["route_retries"] += 1
         self.counters["routed_by_ingress"] += 1
-        if self._local_router is None:
-            from vllm_pudding.router.runtime import load_router
+        async with self._local_router_lock:
+            if self._local_router is None:
+                from vllm_pudding.router.runtime import load_router
 
-            self._local_router = await asyncio.to_thread(load_router, Path(self.model),
-                                                         self.pool)
+                self._local_router = await asyncio.to_thread(load_router, Path(self.model),
+                                                             self.pool)
         route = self._local_router.route if isinstance(prompt, str) \
             else self._local_router.route_ids
         return (await asyncio.to_thread(route, [prompt]))[0]
