@@ -4,8 +4,8 @@
 
 The command (outside) checks that a loopback-only network namespace can be made (root:
 `unshare -n`), starts this module inside one, and bridges 127.0.0.1:PORT of the host to
-Serve's HTTP proxy inside (netns.py). Inside, `ray.init` gets 127.0.0.1, no dashboard and
-a small object store; Serve listens on 127.0.0.1. Started in a namespace that is already
+Serve's HTTP proxy inside (netns.py). Inside, `ray.init` gets 127.0.0.1, include_dashboard=False,
+and a small object store; Serve listens on 127.0.0.1. Started in a namespace already
 loopback-only, it runs Ray right there. Where no such namespace can be made the command
 refuses, unless `--host-network` accepts Ray's listening on every interface.
 SIGTERM / Ctrl-C shut Serve and Ray down.
