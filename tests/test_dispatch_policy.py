@@ -141,3 +141,36 @@ def test_bad_requests_raise_value_error():
         d.choose(0, [0, 0])
     with pytest.raises(ValueError, match="5 entries"):
         SetAffineDispatcher(PAIRS, 2, DispatchOptions(initial_freqs=[1] * 5))
+
+
+def test_partial_layer_cost_prefers_sets_sharing_kept_layers():
+    # Sets 0 and 1 keep the same layers; set 2 keeps a subset of set 0's. Unions alone
+    # tie ({0,1} | {2} and {0,2} | {1} both keep 6 + 4 layers); partial layers (kept by
+    # some of a group's sets only) break the tie towards the group that shares all.
+    pool = [frozenset(range(6)), frozenset(range(6)), frozenset(range(4)), frozenset(range(4))]
+    plan = group_plan(pool, [1, 1, 1, 1], 2, partial_layer_cost=1.0)
+    assert set(plan.groups) == {frozenset({0, 1}), frozenset({2, 3})}
+    with pytest.raises(ValueError, match="partial_layer_cost"):
+        group_plan(pool, [1, 1, 1, 1], 2, partial_layer_cost=-1.0)
+
+
+def test_composition_prediction_and_simulator():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from dispatch_model import StepCost, composition_prediction, simulate
+
+    # Issue 12's one-engine figures: 0.880 / 0.821 and 1 / 0.922.
+    assert composition_prediction(10, 2)["affine_over_blind"] == pytest.approx(1.0719, abs=1e-3)
+    assert composition_prediction(2, 2)["affine_over_blind"] == pytest.approx(1.0846, abs=1e-3)
+    assert composition_prediction(10, 16)["affine_over_blind"] == pytest.approx(1 / 0.821)
+    # Two sets with disjoint kept layers, one per replica when affine: each batch keeps 4
+    # layers instead of 8, so with a step of c per layer only, throughput doubles.
+    pool = [frozenset(range(4)), frozenset(range(4, 8))]
+    cost = StepCost(a=0.0, b=0.0, c=1.0)
+    sets = [0, 0, 1, 1] * 4  # arrival order a round-robin balancer splits set-blind
+    blind = simulate(pool, sets, 2, cost, affine=False, prompt=0, out=4)
+    affine = simulate(pool, sets, 2, cost, affine=True, prompt=0, out=4)
+    assert affine["replica_sets"] == [[0], [1]] and blind["replica_sets"] == [[0, 1], [0, 1]]
+    assert affine["tokens_per_s"] == pytest.approx(2 * blind["tokens_per_s"])

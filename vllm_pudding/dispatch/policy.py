@@ -69,15 +69,18 @@ class _Cost:
     """Work of a group (traffic share x step cost), with kept layers as bit masks."""
 
     def __init__(self, kept_layers: Sequence[frozenset[int]], freqs: list[float],
-                 overhead: float):
+                 overhead: float, partial_cost: float = 0.0):
         self.masks = [sum(1 << layer for layer in k) for k in kept_layers]
-        self.freqs, self.overhead = freqs, overhead
+        self.freqs, self.overhead, self.partial_cost = freqs, overhead, partial_cost
 
     def work(self, group) -> float:
-        union = 0
+        union, common = 0, -1
         for s in group:
             union |= self.masks[s]
-        return sum(self.freqs[s] for s in group) * (union.bit_count() + self.overhead)
+            common &= self.masks[s]
+        partial = union.bit_count() - common.bit_count()
+        return sum(self.freqs[s] for s in group) * (
+            union.bit_count() + self.overhead + self.partial_cost * partial)
 
     def key(self, groups: list[frozenset[int]], num_replicas: int) -> tuple[float, float]:
         """(bottleneck, total work) of a partition with replicas allocated optimally."""
@@ -142,13 +145,20 @@ def _allocate(work: list[float], num_replicas: int) -> list[int]:
 
 
 def group_plan(kept_layers: Sequence[frozenset[int]], set_freqs: Sequence[float],
-               num_replicas: int, overhead_layers: float = 0.0) -> GroupPlan:
+               num_replicas: int, overhead_layers: float = 0.0,
+               partial_layer_cost: float = 0.0) -> GroupPlan:
     """The partition and replica counts with the smallest bottleneck (ties: least total
-    work, then fewest groups). Raises ValueError for inconsistent inputs."""
+    work, then fewest groups). Raises ValueError for inconsistent inputs.
+
+    A group's step cost is `union + overhead_layers + partial_layer_cost * partial`, in
+    layer units, where `partial` counts the layers some but not all of its sets keep
+    (those run on a gathered sub-batch of rows)."""
     freqs = _check_inputs(kept_layers, set_freqs, num_replicas)
-    if not math.isfinite(overhead_layers) or overhead_layers < 0:
-        raise ValueError(f"overhead_layers must be finite and >= 0, got {overhead_layers}")
-    cost = _Cost(kept_layers, freqs, overhead_layers)
+    for name, value in (("overhead_layers", overhead_layers),
+                        ("partial_layer_cost", partial_layer_cost)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    cost = _Cost(kept_layers, freqs, overhead_layers, partial_layer_cost)
     best, best_key = None, None
     for groups in _partitions(cost):
         if len(groups) > num_replicas:
@@ -162,14 +172,16 @@ def group_plan(kept_layers: Sequence[frozenset[int]], set_freqs: Sequence[float]
 
 
 def assign_groups(kept_layers: Sequence[frozenset[int]], set_freqs: Sequence[float],
-                  num_replicas: int, overhead_layers: float = 0.0) -> list[frozenset[int]]:
+                  num_replicas: int, overhead_layers: float = 0.0,
+                  partial_layer_cost: float = 0.0) -> list[frozenset[int]]:
     """For each replica, the set ids it serves.
 
     Every set is served by at least one replica; replica counts per group follow the
     group's work (traffic share x kept-layer union); the partition minimises the busiest
     replica's traffic-weighted union of kept layers.
     """
-    return group_plan(kept_layers, set_freqs, num_replicas, overhead_layers).replica_sets()
+    return group_plan(kept_layers, set_freqs, num_replicas, overhead_layers,
+                      partial_layer_cost).replica_sets()
 
 
 class DispatchOptions(BaseModel):
@@ -208,6 +220,10 @@ class DispatchOptions(BaseModel):
         0.0, ge=0.0, description="Per-step cost outside the transformer blocks "
         "(embedding, head, sampling), in layer units, added to each group's kept-layer "
         "union when sizing groups.")
+    partial_layer_cost: float = Field(
+        0.0, ge=0.0, description="Extra per-step cost, in layer units, of a layer that some "
+        "but not all of a group's sets keep (it runs on a gathered sub-batch of rows), "
+        "when sizing groups.")
 
     @model_validator(mode="after")
     def _check(self) -> "DispatchOptions":
@@ -245,8 +261,7 @@ class SetAffineDispatcher:
         self._recent_spills: deque[bool] = deque(maxlen=self.options.spill_window)
         self._observed = 0
         self._decay = 0.5 ** (1.0 / self.options.freq_half_life)
-        self._set_groups(assign_groups(self.kept_layers, self._freqs, num_replicas,
-                                       self.options.overhead_layers))
+        self._set_groups(self._assign())
 
     @property
     def replica_sets(self) -> list[frozenset[int]]:
@@ -292,8 +307,7 @@ class SetAffineDispatcher:
         drift = 0.5 * sum(abs(a - b) for a, b in zip(self._freqs, self._plan_freqs))
         if drift <= self.options.drift_threshold:
             return False
-        new = assign_groups(self.kept_layers, self._freqs, self.num_replicas,
-                            self.options.overhead_layers)
+        new = self._assign()
         changed = sorted(new, key=sorted) != sorted(self._replica_sets, key=sorted)
         self._set_groups(_keep_places(self._replica_sets, new) if changed
                          else self._replica_sets)
@@ -305,6 +319,10 @@ class SetAffineDispatcher:
         return [{"replica": r, "sets": sorted(self._replica_sets[r]),
                  "served": dict(sorted(self.served[r].items())), "spills": self.spills[r]}
                 for r in range(self.num_replicas)]
+
+    def _assign(self) -> list[frozenset[int]]:
+        return assign_groups(self.kept_layers, self._freqs, self.num_replicas,
+                             self.options.overhead_layers, self.options.partial_layer_cost)
 
     def _spill_target(self, group: tuple[int, ...], loads: Sequence[int]) -> int | None:
         """Least-loaded idle replica outside the group, if the spill budget allows."""

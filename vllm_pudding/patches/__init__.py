@@ -24,6 +24,7 @@ PATCHES = (
     "attention_backend",  # only backends the sub-batch metadata is correct for
     "request_metrics",  # finished requests' stats carry their set (per-set Prometheus series)
     "model_names",  # `pudding/<name>` resolves wherever vLLM takes a model
+    "dp_dispatch",  # data-parallel `vllm serve`: each request to a replica of its set's group
 )
 
 _applied = False
