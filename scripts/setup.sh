@@ -37,9 +37,13 @@ have lm-eval || pip install --no-deps lm-eval==0.4.13 sacrebleu==2.6.0 portalock
   word2number==1.1 tenacity==9.2.1 pytablewriter==1.2.1 DataProperty==1.1.1 \
   mbstrdecoder==1.1.5 pathvalidate==3.3.1 tabledata==1.3.5 tcolorpy==0.1.7 typepy==1.3.5 \
   chardet==6.0.0.post1 python-dateutil==2.9.0.post0 pytz==2026.6 six==1.17.0
+# Ray Serve (pudding serve-ray, vllm_pudding/serve_ray/): the [serve] extra only, which leaves
+# torch and vllm alone (checked with pip install --dry-run); never ray[llm], which pins
+# vllm 0.29.
+have ray || pip install "ray[serve]==2.60.0"
 # Editable install; again when pyproject.toml gained entry points (vLLM finds plugins there).
 have vllm-pudding && python scripts/entry_points_current.py || \
   pip install --no-deps --no-build-isolation -e .
-python -c "import vllm, torch, vllm_pudding, lm_eval.api.task; assert torch.__version__.startswith('2.13.0')" \
+python -c "import vllm, torch, vllm_pudding, lm_eval.api.task, ray.serve; assert torch.__version__.startswith('2.13.0')" \
   || { echo "setup: broken environment (see above)" >&2; exit 1; }
 echo "setup: .venv ready (vllm $(python -c 'import vllm; print(vllm.__version__)'), torch $(python -c 'import torch; print(torch.__version__)'))"

@@ -11,11 +11,15 @@
     pudding build BASE_DIR OUT_DIR --k 7
                                      pool search, router labels, router, pudding dir
                                      (resumable; `pudding build --help`, vllm_pudding/build.py)
+    pudding serve-ray PUDDING_DIR --replicas 2 --port 8000 -- [vllm serve flags]
+                                     Ray Serve: engine replicas, routing workers, set-affine
+                                     dispatch, OpenAI API on 127.0.0.1 (vllm_pudding/serve_ray/)
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -40,6 +44,13 @@ def main(argv: list[str] | None = None) -> None:
         "build", help="build a pudding dir for a Llama, Mistral or Qwen2 checkpoint",
         description=build.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
+    from vllm_pudding.serve_ray import launch
+
+    serve_ray = sub.add_parser("serve-ray", help="serve a pudding dir on Ray Serve replicas",
+                               description=launch.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    launch.add_arguments(serve_ray)
+    argv, vllm_args = launch.split_vllm_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if args.command == "demo":
         from vllm_pudding.demo import main as demo
@@ -61,6 +72,12 @@ def main(argv: list[str] | None = None) -> None:
             print(pin_pudding_dir(args.pudding_dir, args.set_id, args.out))
         except ValueError as e:
             pin.error(str(e))
+    elif args.command == "serve-ray":
+        try:
+            config = launch.from_namespace(args, vllm_args)
+        except ValueError as e:
+            serve_ray.error(str(e))
+        raise SystemExit(launch.serve_ray(config, args.port, args.host_network))
     elif args.command == "build":
         build.build(build.from_namespace(args))
 

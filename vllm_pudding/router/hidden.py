@@ -62,3 +62,22 @@ class PrefixEncoder:
             states = self.body(**enc).last_hidden_state
             out.append(pool_states(states.float(), enc["attention_mask"], self.pooling))
         return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    @torch.no_grad()
+    def encode_ids(self, prompts: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:
+        """Token-id prompts as the in-engine router reads them: the first `max_tokens` ids,
+        not re-tokenized (a rendered chat prompt keeps its special tokens). Serving's routing
+        workers use it (vllm_pudding/serve_ray/routing.py); training features stay `__call__`'s."""
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            rows = [list(p)[:self.max_tokens] for p in prompts[i:i + batch_size]]
+            if any(not r for r in rows):
+                raise ValueError("the router needs a non-empty prompt")
+            ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, r in enumerate(rows):
+                ids[j, :len(r)] = torch.tensor(r)
+                mask[j, :len(r)] = 1
+            states = self.body(input_ids=ids, attention_mask=mask).last_hidden_state
+            out.append(pool_states(states.float(), mask, self.pooling))
+        return torch.cat(out) if out else torch.zeros(0, self.dim)

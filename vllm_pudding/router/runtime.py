@@ -54,15 +54,27 @@ class Router:
             return self.head(self.encode(list(texts)))
 
     def route(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
+        return self._route(self.encode, list(texts))
+
+    def route_ids(self, prompts: Sequence[Sequence[int]]) -> list[int]:
+        """Token-id prompts, as the engine sees them; hidden routers only (a text router's
+        encoder has its own tokenizer: give it the text)."""
+        encode_ids = getattr(self.encode, "encode_ids", None)
+        if encode_ids is None:
+            raise ValueError(f"a {self.spec.kind} router routes texts, not token ids")
+        return self._route(encode_ids, [list(p) for p in prompts])
+
+    def _route(self, encode, prompts: list) -> list[int]:
+        if not prompts:
             return []
         with self._lock:  # one batched call at a time; torch ops are not reentrant-friendly
             t0 = time.perf_counter()
-            ids = pick(self.scores(texts), self.routable).tolist()
+            with torch.no_grad():
+                ids = pick(self.head(encode(prompts)), self.routable).tolist()
             self.stats.calls += 1
-            self.stats.prompts += len(texts)
+            self.stats.prompts += len(prompts)
             self.stats.seconds += time.perf_counter() - t0
-            self.stats.batch_sizes.append(len(texts))
+            self.stats.batch_sizes.append(len(prompts))
         return ids
 
 
