@@ -69,3 +69,20 @@ def pudding_llm(tiny_pudding):
 
     with engine(tiny_pudding) as llm:
         yield llm
+
+
+@pytest.fixture(scope="session")
+def routed_dir(tiny_base, tmp_path_factory):
+    """The tiny pudding dir with a text router trained on a planted signal (router_utils):
+    topic prompts whose best sets differ. Shared by the routing and dispatch tests (the
+    router is trained once); tests that change a dir copy it first."""
+    from router_utils import train_planted_router
+    from vllm_pudding.artifact import build_pudding_dir
+    from vllm_pudding.config import PuddingConfig
+    from vllm_pudding.router.install import install_router
+
+    root = tmp_path_factory.mktemp("routed")
+    planted = train_planted_router(root / "planted", TINY_SETS)
+    d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=TINY_SETS), root / "pd")
+    install_router(d, planted)
+    return d

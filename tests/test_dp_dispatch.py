@@ -17,7 +17,7 @@ import pytest
 
 from conftest import TINY_SETS
 from engines import engine, greedy
-from router_utils import FILLER_HELD, planted_texts, train_planted_router
+from router_utils import FILLER_HELD, planted_texts
 from server_utils import VllmServer, greedy_completion, pudding_metrics, tiny_server_args
 
 MAX_TOKENS = 8
@@ -26,19 +26,6 @@ OPTIONS = {"initial_freqs": [2, 1, 1]}
 GROUPS = {"0": {"0"}, "1": {"1", "2"}}  # engine -> sets the options above give it
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def routed_dir(tiny_base, tmp_path_factory):
-    from vllm_pudding.artifact import build_pudding_dir
-    from vllm_pudding.config import PuddingConfig
-    from vllm_pudding.router.install import install_router
-
-    root = tmp_path_factory.mktemp("dp")
-    planted = train_planted_router(root / "planted", TINY_SETS)
-    d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=TINY_SETS), root / "pd")
-    install_router(d, planted)
-    return d
 
 
 @pytest.fixture(scope="module")
