@@ -331,6 +331,22 @@ def test_label_job_resumes_and_merges_into_one_table(pudding_llm, tokenizer, tmp
             chunk=2, seed=1)
 
 
+def test_label_job_strided_chunks_span_the_sample_and_tasks_alternate():
+    """A job stopped early must leave every task an unbiased share: strided chunks cover
+    the whole (file-ordered) sample, and chunks alternate between tasks."""
+    from vllm_pudding.router.label_job import plan_chunks, task_chunks
+
+    rows = list(range(10))
+    assert task_chunks(rows, 4, strided=False) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    strided = task_chunks(rows, 4, strided=True)
+    assert strided == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert sorted(sum(strided, [])) == rows and max(map(len, strided)) <= 4
+    plan = [(t, i, len(c)) for t, i, c in plan_chunks({"arc_easy": 5, "piqa": 3}, 2, 0,
+                                                     frozenset({"piqa"}))]
+    assert plan == [("arc_easy", 0, 2), ("piqa", 0, 2), ("arc_easy", 1, 2), ("piqa", 1, 1),
+                    ("arc_easy", 2, 1)]
+
+
 def test_sanity_text_loss_is_token_weighted_with_a_paired_interval():
     import numpy as np
 

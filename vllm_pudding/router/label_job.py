@@ -10,11 +10,14 @@ reads). A partial table is a valid, smaller one: commit it.
 Examples are a seeded sample over the WHOLE train split (`--caps` per task, 0 = all), kept
 in file order. Not the first n: the train files are ordered by source (HellaSwag's first
 thousands are ActivityNet captions, its validation split mostly WikiHow), so a prefix
-trains the router on a domain that validation barely sees.
+trains the router on a domain that validation barely sees. For the same reason the tasks
+named in `--strided` get strided chunks (chunk j of m holds sample rows j, j+m, ...), so
+that every chunk spans the whole file, and chunks run round-robin over the tasks: a job
+stopped at any point leaves every task an unbiased, roughly equal share.
 
     .venv/bin/python -m vllm_pudding.router.label_job --model "$(.venv/bin/pudding default-dir)" \\
         --caps arc_easy=0,arc_challenge=0,boolq=2000,hellaswag=2500,piqa=2500,winogrande=2500 \\
-        --out benchmarks/results/eval/labels_full
+        --strided boolq,hellaswag,piqa,winogrande --out benchmarks/results/eval/labels_full
 """
 
 from __future__ import annotations
@@ -48,14 +51,26 @@ def chunk_path(out: Path, task: str, index: int) -> Path:
     return out / f"{task}-{index:04d}.json.gz"
 
 
-def plan_chunks(caps: dict[str, int], chunk: int, seed: int):
-    """(task, chunk index, examples) of the whole job, in order."""
+def task_chunks(exs: list, chunk: int, strided: bool) -> list[list]:
+    """A task's sample cut into chunks of at most `chunk`: contiguous, or strided so that
+    each chunk spans the whole sample."""
+    if not strided:
+        return [exs[i:i + chunk] for i in range(0, len(exs), chunk)]
+    m = -(-len(exs) // chunk)
+    return [exs[j::m] for j in range(m)]
+
+
+def plan_chunks(caps: dict[str, int], chunk: int, seed: int, strided: frozenset = frozenset()):
+    """(task, chunk index, examples) of the whole job, round-robin over the tasks."""
+    from itertools import zip_longest
+
     from vllm_pudding.data.tasks import train_examples
 
-    for task, cap in caps.items():
-        exs = train_examples(task, n=cap or None, seed=seed)
-        for i in range(0, len(exs), chunk):
-            yield task, i // chunk, exs[i:i + chunk]
+    per_task = [[(task, i, c) for i, c in enumerate(task_chunks(
+        train_examples(task, n=cap or None, seed=seed), chunk, task in strided))]
+        for task, cap in caps.items()]
+    for layer in zip_longest(*per_task):
+        yield from (item for item in layer if item is not None)
 
 
 def check_chunk(path: Path, exs) -> None:
@@ -93,7 +108,8 @@ def merge(out: Path, meta: dict) -> dict:
 
 
 def run(llm, tokenizer, num_sets: int, caps: dict[str, int], out: Path, meta: dict,
-        chunk: int = 256, seed: int = 0, log=print) -> dict[str, int]:
+        chunk: int = 256, seed: int = 0, log=print,
+        strided: frozenset = frozenset()) -> dict[str, int]:
     """Scores the chunks not yet on disk; returns the merged examples per task."""
     out.mkdir(parents=True, exist_ok=True)
     keys = ("caps", "seed", "chunk", "pool")
@@ -103,7 +119,7 @@ def run(llm, tokenizer, num_sets: int, caps: dict[str, int], out: Path, meta: di
             raise ValueError(f"{out / META}: another job's settings; use another output folder")
     (out / META).write_text(json.dumps(meta, indent=1))
     counts = merge(out, meta)
-    for task, index, exs in plan_chunks(caps, chunk, seed):
+    for task, index, exs in plan_chunks(caps, chunk, seed, strided):
         path = chunk_path(out, task, index)
         if path.is_file():
             check_chunk(path, exs)
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strided", default="",
+                   help="tasks whose chunks are strided over their sample (comma list)")
     p.add_argument("--dtype", default="bfloat16")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -137,15 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     from vllm_pudding.artifact import load_pudding_dir
 
     caps = parse_caps(args.caps)
+    strided = frozenset(parse_caps(",".join(f"{t}=0" for t in args.strided.split(",") if t)))
     pool = load_pudding_dir(args.model)
     meta = {"model": str(args.model), "split": "train", "caps": caps, "seed": args.seed,
-            "chunk": args.chunk, "dtype": args.dtype,
+            "chunk": args.chunk, "dtype": args.dtype, "strided": sorted(strided),
             "pool": [list(s) for s in pool.omission_sets]}
     llm = LLM(model=str(args.model), dtype=args.dtype, max_model_len=2048, seed=0,
               kv_cache_memory_bytes=1 << 30)
     try:
         counts = run(llm, llm.get_tokenizer(), len(pool.omission_sets), caps, args.out, meta,
-                     args.chunk, args.seed, log=lambda m: print(m, flush=True))
+                     args.chunk, args.seed, log=lambda m: print(m, flush=True),
+                     strided=strided)
     finally:
         llm.llm_engine.engine_core.shutdown()
     print(f"done: {counts}")
