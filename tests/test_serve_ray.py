@@ -18,7 +18,7 @@ import requests
 
 from ray_utils import RayApp, skip_without_namespace
 from server_utils import offline_refs, tiny_server_args
-from test_router_in_engine import CHAT_TEMPLATE, HIDDEN_SETS, hidden_dir, planted, prompts  # noqa: F401
+from test_router_in_engine import CHAT_TEMPLATE, HIDDEN_SETS, prompts  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
