@@ -120,3 +120,12 @@ def hidden_dir(tiny_base, planted, tmp_path_factory):
                           tmp_path_factory.mktemp("hidden-pd") / "pd")
     install_router(d, planted[0])
     return d
+
+
+@pytest.fixture(scope="session")
+def hidden_llm(hidden_dir):
+    """One engine on `hidden_dir` (in-engine routing tests; the Ray app's offline oracle)."""
+    from engines import engine
+
+    with engine(hidden_dir, skip_tokenizer_init=False) as llm:
+        yield llm

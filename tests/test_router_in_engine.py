@@ -34,9 +34,8 @@ def prompts(planted):
 
 
 @pytest.fixture(scope="module")
-def llm(hidden_dir):
-    with engine(hidden_dir, skip_tokenizer_init=False) as llm:
-        yield llm
+def llm(hidden_llm):
+    return hidden_llm
 
 
 def _routed_rows(llm) -> int:
