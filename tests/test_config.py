@@ -180,3 +180,54 @@ def test_layer_compile_flag_must_be_bool():
                           model_config=SimpleNamespace(enforce_eager=False))
     with pytest.raises(ValueError, match="pudding_compile_layers"):
         layer_compile.resolve(cfg)
+
+
+def test_compiled_layer_runs_without_guards_and_other_inputs_run_eager():
+    """One graph per layer, dispatched without dynamo's guards (as vLLM's compile wrapper
+    does); an input the graph was not made for (another dtype, a non-contiguous view)
+    runs eager instead of through it, so results never come from the wrong graph."""
+    import torch
+
+    from vllm_pudding.layer_compile import CPU_INDUCTOR_OPTIONS, CompiledForward
+
+    class Body(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+
+        def forward(self, positions, hidden, residual):
+            residual = hidden + residual
+            return self.proj(residual) * positions[:, None], residual
+
+    torch.manual_seed(0)
+    body = Body()
+    fwd = CompiledForward(body.forward, CPU_INDUCTOR_OPTIONS)
+    assert fwd.guarded is not hasattr(torch.compiler, "skip_all_guards_unsafe")
+
+    def inputs(n, dtype=torch.float32):
+        return torch.arange(n, dtype=dtype), torch.randn(n, 8, dtype=dtype), None
+
+    with torch.inference_mode():
+        for n in (5, 1, 12):  # one graph for any token count, the first residual None
+            args = inputs(n)
+            got, want = fwd(*args), body.forward(args[0], args[1], torch.zeros_like(args[1]))
+            assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+        assert fwd.traced and fwd.eager_calls == 0
+        wide = torch.randn(6, 16)[:, ::2]  # a strided view: not what the graph assumed
+        pos, _, _ = inputs(6)
+        got = fwd(pos, wide, torch.zeros(6, 8))
+        assert torch.allclose(got[0], body.forward(pos, wide, torch.zeros(6, 8))[0])
+        assert fwd.eager_calls == (0 if fwd.guarded else 1)
+    kind = fwd.kind
+    assert _kind_of(inputs(3, torch.float64)) != kind != _kind_of(inputs(3)[:2] + (wide,))
+
+
+def _kind_of(args):
+    import torch
+
+    from vllm_pudding.layer_compile import _input_kind
+
+    a = list(args)
+    if a[2] is None:
+        a[2] = torch.zeros_like(a[1])
+    return _input_kind(tuple(a), {})

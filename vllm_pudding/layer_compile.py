@@ -101,28 +101,75 @@ def _mark_token_dim_unbacked(args) -> None:
             torch._dynamo.decorators.mark_unbacked(t, 0)
 
 
+def _input_kind(args, kwargs) -> tuple | None:
+    """What the one compiled graph assumed of its inputs besides the token count: each
+    tensor's dtype, device, rank and contiguity (inductor's code is specialised to
+    contiguous strides, and size asserts are off); None when a non-tensor is passed."""
+    if kwargs:
+        return None
+    kind = []
+    for t in args:
+        if not isinstance(t, torch.Tensor):
+            return None
+        kind.append((t.dtype, t.device, t.dim(), t.is_contiguous()))
+    return tuple(kind)
+
+
 class CompiledForward:
-    """A layer's forward through torch.compile, eager again if compiling ever fails."""
+    """A layer's forward through torch.compile, eager again if compiling ever fails.
+
+    Dispatch without guards, as vLLM's own compile wrapper does for whole models
+    (`TorchCompileWithNoGuardsWrapper`: `guard_filter_fn=skip_all_guards_unsafe`): a
+    layer has exactly one graph (token dimension unbacked, the first layer's residual
+    made a tensor), so dynamo's per-call guard check over the layer's parameters and
+    globals only re-proves what cannot change while serving. What can (the inputs' dtype,
+    device, rank, contiguity) is checked here instead, in a few attribute reads; a call
+    that differs from the compiled one runs eager (counted in `eager_calls`), never
+    through a graph made for other inputs.
+    """
 
     def __init__(self, eager, options: dict | None):
         self.eager = eager
+        options = dict(options or {})
+        if hasattr(torch.compiler, "skip_all_guards_unsafe"):
+            options["guard_filter_fn"] = torch.compiler.skip_all_guards_unsafe
+            self.guarded = False
+        else:  # older torch: dynamo keeps its guards, and the kind check is redundant
+            self.guarded = True
         self.compiled = torch.compile(eager, options=options)
-        self.traced = False
+        self.kind = None  # the input kind the graph was compiled for, once traced
+        self.eager_calls = 0
+
+    @property
+    def traced(self) -> bool:
+        return self.kind is not None
 
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
             return self.eager(*args, **kwargs)
         args = _residual_as_tensor(args)
-        if not self.traced:
-            # Only the call that compiles needs the marks: the graph it makes has no guard
-            # on the token dimension, so later calls of any size hit it unmarked. Marking
-            # costs tens of microseconds a call (3 tensors), x every layer x every step.
-            _mark_token_dim_unbacked(args)
+        if self.kind is not None:
+            if self.guarded or _input_kind(args, kwargs) == self.kind:
+                return self.compiled(*args, **kwargs)
+            self.eager_calls += 1
+            return self.eager(*args, **kwargs)
+        return self._compile(args, kwargs)
+
+    def _compile(self, args, kwargs):
+        """The first call: compiles the one graph, or falls back to eager for good."""
+        kind = _input_kind(args, kwargs)
+        if kind is None:
+            self.eager_calls += 1
+            return self.eager(*args, **kwargs)
+        # Only the call that compiles needs the marks: the graph it makes has no guard
+        # on the token dimension, so later calls of any size hit it unmarked. Marking
+        # costs tens of microseconds a call (3 tensors), x every layer x every step.
+        _mark_token_dim_unbacked(args)
         try:
             out = self.compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as e:  # includes backend failures
             logger.warning("vllm-pudding: layer compile failed, running it eager: %s", e)
             self.compiled = None
             return self.eager(*args, **kwargs)
-        self.traced = True
+        self.kind = kind
         return out
