@@ -14,9 +14,10 @@ When: by default on CPU unless the user asked for eager mode (`enforce_eager=Tru
 overrides the default; eager mode always wins. Measured on the 2-core CPU (bf16, 5
 alternated reps, benchmarks/results/dense_default.json): compiled over eager PuDDing,
 prefill 1.31x, decode 1.18x; that made PuDDing 1.23x (prefill) and 1.13x (decode)
-compiled dense vLLM, which eager PuDDing lost to (0.82x / 0.95x). Decode gains little: a batch-16
-layer call runs 2.0 ms in inductor's code against 2.5 ms eager, but dynamo's guard
-check and wrappers add ~0.4 ms per call (cProfile). On a GPU without CUDA graphs that
+compiled dense vLLM, which eager PuDDing lost to (0.82x / 0.95x). Decode gained little: a
+batch-16 layer call runs 2.0 ms in inductor's code against 2.5 ms eager, but dynamo's guard
+check and wrappers added ~0.4 ms per call (cProfile); `CompiledForward` now drops the
+guards (see its docstring). On a GPU without CUDA graphs that
 per-call overhead could outweigh the fusion, and it is unmeasured (no vLLM on the GPU
 machine), so it stays off there until measured.
 `engine_config` still forces `enforce_eager=True` on vLLM (its whole-model compile
