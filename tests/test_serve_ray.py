@@ -275,6 +275,38 @@ def test_replica_killed_under_load_every_request_completes_and_it_restarts(app, 
                  refs[0, 0], "after the restart")
 
 
+def test_serve_routing_baseline_is_set_blind_and_exact(hidden_dir, prompts, refs,
+                                                       tmp_path_factory):
+    """routing="serve" (bench_dispatch's ray-default): one deployment of 2 replicas behind
+    Serve's own request router, each pinned by its rank; every response still equals the
+    static checkpoint's, pinned and routed."""
+    skip_without_namespace()
+    texts, expected = prompts
+    log = tmp_path_factory.mktemp("ray-serve-routing") / "serve-ray.log"
+    srv = RayApp(hidden_dir, log, tiny_server_args(NAME), replicas=2,
+                 options={"routing": "serve", "router_max_workers": 1})
+    try:
+        jobs = [(i, s) for s in range(len(HIDDEN_SETS)) for i in range(2)]
+        pins = parallel(lambda j: complete(srv, texts[j[0]], xargs={"pudding_set": j[1]}), jobs)
+        routed = complete(srv, texts[0])
+        stats = srv.get("/pudding/replicas")
+    finally:
+        srv.stop()
+    for (i, s), resp in zip(jobs, pins):
+        assert resp.status_code == 200, resp.text[:1000]
+        assert resp.json()["pudding_sets"] == [s]
+        check_choice(resp.json()["choices"][0], refs[s, i], f"prompt {i}, set {s}, Serve-routed")
+    assert routed.json()["pudding_sets"] == [expected[0]], routed.text[:1000]
+    check_choice(routed.json()["choices"][0], refs[expected[0], 0], "routed, Serve-routed")
+    assert stats["routing"] == "serve" and stats["replicas"], stats
+    answered = stats["answered"]  # replica -> set -> requests, from each answer's head
+    assert set(answered) <= {"0", "1"}, answered
+    assert sum(n for sets in answered.values() for n in sets.values()) == len(jobs) + 1
+    cores = os.cpu_count()
+    for row in stats["replicas"]:  # pinned by rank: replica i on core i (mod the cores)
+        assert row["engine"]["cores"] == [row["replica"] % cores], row
+
+
 def test_prefix_encoder_reads_token_ids_as_it_reads_their_text(planted, hidden_dir, prompts):
     """What the routing workers use for token-id and chat prompts (no Ray needed)."""
     import torch
