@@ -53,6 +53,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 EVAL = RESULTS / "eval"
 VALIDATION = [EVAL / "calibrated_k7_val_a.json.gz", EVAL / "calibrated_k7_val_b.json.gz"]
 TRAIN = [EVAL / "labels_train640.json.gz", EVAL / "labels_full" / "labels.json.gz"]
+ROUTERS = EVAL / "router_groups_k7" / "validation.json"  # the prompt routers, same examples
 REPLICAS = (2, 4)
 ROWS_PER_REPLICA = 32
 
@@ -187,7 +188,10 @@ def run(seed: int) -> dict:
                     "step_cost": calibration["step_cost"],
                     "overhead_layers_at_32_rows": cost.overhead_layers(ROWS_PER_REPLICA),
                     "candidates": len(accs)},
-           "full_pool": {"sets": list(full), **full_acc}, "replicas": {}}
+           "full_pool": {"sets": list(full), **full_acc},
+           "prompt_routers_full_pool_avg6": {
+               k: v["avg6"] for k, v in json.loads(ROUTERS.read_text())["summary"].items()},
+           "replicas": {}}
     for replicas in REPLICAS:
         rows = []
         for sets, acc in accs.items():
@@ -239,7 +243,15 @@ def report(result: dict) -> str:
         "subsets; shown: the full pool, the Pareto front of (policy cost, task-router "
         "accuracy), and per sub-pool size the cheapest and the most accurate sub-pool. "
         "Task oracle: each task's best set of the sub-pool picked on validation itself "
-        "(in-sample, optimistic); example oracle: a ceiling no router reaches.", ""]
+        "(in-sample, optimistic); example oracle: a ceiling no router reaches.", "",
+        "For scale, the prompt routers on the full pool's routable sets, same examples "
+        "(`benchmarks/results/eval/router_groups_k7/validation.json`): " + ", ".join(
+            f"{k} {100 * v:.1f}%" for k, v in result["prompt_routers_full_pool_avg6"].items())
+        + ". Neither beats the task router on the full pool, so the task router is a fair "
+        "stand-in for what routing reaches today (a prompt router's own accuracy on a "
+        "sub-pool is not computed: its per-set scores are not stored); what a better "
+        "prompt router could still draw from dropped sets is bounded by the example "
+        "oracle, mostly noise (`benchmarks/results/eval/noise_floor_k7.md`).", ""]
     for replicas, block in result["replicas"].items():
         f = block["full_pool"]
         lines += [f"## {replicas} replicas", "",
