@@ -23,12 +23,12 @@ workloads.py): `--num` requests x `--prompt` tokens / `--out` tokens (ignore eos
 at once through the OpenAI client, each pinned by `pudding_set`: (a) the 10 sets in turn,
 shuffled; (b) sets 0 and 4 (in different groups of the uniform prior's plan). Every
 repetition times every server on both workloads, order reversed on odd repetitions.
-Reported (the JSON, and a markdown report beside it): decode throughput (output tokens / wall seconds), p50 / p99 request latency,
-per-repetition ratios (median, min-max; ray-affine / ray-default is the Ray baseline's),
-the prediction from the one-engine composition figures
-(dispatch_model.composition_prediction), and the dispatch counters (affine: requests per
-engine and set, spills; ray-affine: each replica's group, what it was sent and served;
-ray-default: which replica answered each set's requests).
+Reported (the JSON, and a markdown report beside it): decode throughput (output tokens /
+wall seconds), p50 / p99 request latency, per-repetition ratios (median, min-max;
+ray-affine / ray-default is the Ray baseline's), the prediction from the one-engine
+composition figures (dispatch_model.composition_prediction), and the dispatch counters
+(affine: requests per engine and set, spills; ray-affine: each replica's group, what it
+was sent and served; ray-default: which replica answered each set's requests).
 
 Memory: each Ray app of the default dir holds ~8-9 GB (KV 1 GiB per engine), each DP
 server ~5-6 GB, so all five modes at once need more than this machine's 24 GB. The
@@ -40,8 +40,9 @@ cores; ~10 min: ~3 min to start the two apps, ~2 min per repetition; ~17 GB):
         benchmarks/bench_dispatch.py --reps 3 --modes ray-affine,ray-default \\
         --out benchmarks/results/dispatch_ray.json
 
-and the DP one as before (the default modes, affine,vllm-lb,dense; ~15 min). A smoke run (`--reps 1 --num 16`, a few minutes) checks that the modes
-work; `--kv-cache-memory-bytes` shrinks every engine's KV for it.
+and the DP one as before (the default modes, affine,vllm-lb,dense; ~15 min). A smoke
+run (`--reps 1 --num 16`, a few minutes) checks that the modes work;
+`--kv-cache-memory-bytes` shrinks every engine's KV for it.
 """
 
 from __future__ import annotations
