@@ -277,13 +277,14 @@ def test_replica_killed_under_load_every_request_completes_and_it_restarts(app, 
 
 def test_serve_routing_baseline_is_set_blind_and_exact(hidden_dir, prompts, refs,
                                                        tmp_path_factory):
-    """routing="serve" (bench_dispatch's ray-default): one deployment of 2 replicas behind
-    Serve's own request router, each pinned by its rank; every response still equals the
-    static checkpoint's, pinned and routed."""
+    """routing="serve" (bench_dispatch's ray-default): the replicas as one deployment behind
+    Serve's own request router, pinned by rank; every response still equals the static
+    checkpoint's, pinned and routed. One replica, to keep the second Ray app cheap (the
+    benchmark's smoke run shows 2 replicas pinned to cores 0 and 1 and sharing the sets)."""
     skip_without_namespace()
     texts, expected = prompts
     log = tmp_path_factory.mktemp("ray-serve-routing") / "serve-ray.log"
-    srv = RayApp(hidden_dir, log, tiny_server_args(NAME), replicas=2,
+    srv = RayApp(hidden_dir, log, tiny_server_args(NAME), replicas=1,
                  options={"routing": "serve", "router_max_workers": 1})
     try:
         jobs = [(i, s) for s in range(len(HIDDEN_SETS)) for i in range(2)]
@@ -300,11 +301,10 @@ def test_serve_routing_baseline_is_set_blind_and_exact(hidden_dir, prompts, refs
     check_choice(routed.json()["choices"][0], refs[expected[0], 0], "routed, Serve-routed")
     assert stats["routing"] == "serve" and stats["replicas"], stats
     answered = stats["answered"]  # replica -> set -> requests, from each answer's head
-    assert set(answered) <= {"0", "1"}, answered
-    assert sum(n for sets in answered.values() for n in sets.values()) == len(jobs) + 1
-    cores = os.cpu_count()
-    for row in stats["replicas"]:  # pinned by rank: replica i on core i (mod the cores)
-        assert row["engine"]["cores"] == [row["replica"] % cores], row
+    assert list(answered) == ["0"], answered
+    assert sum(answered["0"].values()) == len(jobs) + 1, answered
+    (row,) = stats["replicas"]  # pinned by its rank: replica 0 on core 0
+    assert row["replica"] == 0 and row["engine"]["cores"] == [0], row
 
 
 def test_prefix_encoder_reads_token_ids_as_it_reads_their_text(planted, hidden_dir, prompts):
