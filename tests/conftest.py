@@ -12,6 +12,7 @@ from tiny_models import write_tiny  # noqa: E402
 # omitted by every set, so it is never built and holds no KV.
 TINY_SETS = [[0, 1], [1, 3], [1, 4]]
 TINY_LAYERS = 6
+HIDDEN_SETS = [[2, 3], [1, 3], [1, 4]]  # the hidden router's pool: every set keeps layer 0
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,45 @@ def routed_dir(tiny_base, tmp_path_factory):
     d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=TINY_SETS), root / "pd")
     install_router(d, planted)
     return d
+
+
+@pytest.fixture(scope="session")
+def routed_llm(routed_dir):
+    """One engine on `routed_dir` (with its tokenizer: text prompts are routed) for the
+    routing tests and the data-parallel tests' offline oracle."""
+    from engines import engine
+
+    with engine(routed_dir, skip_tokenizer_init=False) as llm:
+        yield llm
+
+
+@pytest.fixture(scope="session")
+def planted(tiny_base, tmp_path_factory):
+    """(router folder, head, encoder) of a hidden router (layer-0 states) trained on the
+    planted signal for HIDDEN_SETS; trained once for the in-engine routing and Ray tests."""
+    from router_utils import train_planted_hidden_router
+
+    root = tmp_path_factory.mktemp("hidden")
+    return train_planted_hidden_router(root / "planted", tiny_base, HIDDEN_SETS)
+
+
+@pytest.fixture(scope="session")
+def hidden_dir(tiny_base, planted, tmp_path_factory):
+    """The tiny base as a pudding dir over HIDDEN_SETS with the hidden router installed."""
+    from vllm_pudding.artifact import build_pudding_dir
+    from vllm_pudding.config import PuddingConfig
+    from vllm_pudding.router.install import install_router
+
+    d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=HIDDEN_SETS),
+                          tmp_path_factory.mktemp("hidden-pd") / "pd")
+    install_router(d, planted[0])
+    return d
+
+
+@pytest.fixture(scope="session")
+def hidden_llm(hidden_dir):
+    """One engine on `hidden_dir` (in-engine routing tests; the Ray app's offline oracle)."""
+    from engines import engine
+
+    with engine(hidden_dir, skip_tokenizer_init=False) as llm:
+        yield llm

@@ -100,7 +100,13 @@ class VllmServer:
 
 def offline_refs(checkpoints: dict[int, Path], prompts: list[list[int]], max_tokens: int,
                  log_path: Path, timeout: float = 600.0) -> dict:
-    """(key, prompt index) -> (greedy token ids, chosen-token logprobs) from stock vLLM.
+    """(key, prompt index) -> (greedy token ids, chosen-token logprobs) from stock vLLM."""
+    return offline_run(checkpoints, prompts, max_tokens, log_path, timeout)[0]
+
+
+def offline_run(checkpoints: dict[int, Path], prompts: list[list[int]], max_tokens: int,
+                log_path: Path, timeout: float = 600.0) -> tuple[dict, dict]:
+    """(refs, {key: KV capacity in tokens}): `offline_refs` plus each engine's capacity.
 
     Each prompt runs alone through `engines.engine(checkpoints[key])`. The
     engines run in a child Python with VLLM_ENABLE_V1_MULTIPROCESSING=0: an
@@ -121,23 +127,25 @@ def offline_refs(checkpoints: dict[int, Path], prompts: list[list[int]], max_tok
             rc = "timeout"
     if rc != 0:
         raise RuntimeError(f"offline reference run failed ({rc}); log tail:\n{log_tail(log_path)}")
-    rows = json.loads(out_path.read_text())
-    return {(int(k), i): (tokens, lps) for k, i, tokens, lps in rows}
+    result = json.loads(out_path.read_text())
+    refs = {(int(k), i): (tokens, lps) for k, i, tokens, lps in result["rows"]}
+    return refs, {int(k): v for k, v in result["capacity"].items()}
 
 
 def _offline_refs_main(spec: dict) -> None:
     from vllm.inputs import TokensPrompt
 
-    from engines import engine, greedy, tokens_and_logprobs
+    from engines import engine, greedy, kv_capacity_tokens, tokens_and_logprobs
 
-    rows = []
+    rows, capacity = [], {}
     for key, path in spec["checkpoints"].items():
         with engine(path) as llm:
+            capacity[key] = kv_capacity_tokens(llm)
             for i, ids in enumerate(spec["prompts"]):
                 out = llm.generate([TokensPrompt(prompt_token_ids=ids)],
                                    greedy(spec["max_tokens"]), use_tqdm=False)[0]
                 rows.append([key, i, *tokens_and_logprobs(out)])
-    Path(spec["out"]).write_text(json.dumps(rows))
+    Path(spec["out"]).write_text(json.dumps({"rows": rows, "capacity": capacity}))
 
 
 if __name__ == "__main__":
@@ -191,8 +199,9 @@ def pudding_metrics(server) -> dict[tuple, float]:
 def assert_per_set_metrics(server, name: str, bodies: list[dict], router: str | None,
                            num_sets: int, timeout: float = 10.0) -> dict:
     """Sends each one-prompt /v1/completions body in turn; /metrics must then have counted,
-    per (set, routed), exactly the requests and the prompt / generated tokens their
-    responses report, and one routing-time observation per routed request.
+    per (set, routed) and summed over engines, exactly the requests and the prompt /
+    generated tokens their responses report, and one routing-time observation per routed
+    request.
 
     Returns the expected per-(set, routed) request counts (for the caller's own checks).
     """
@@ -203,6 +212,7 @@ def assert_per_set_metrics(server, name: str, bodies: list[dict], router: str | 
             key = ("vllm:pudding_requests_total",
                    tuple(sorted({**labels, "set": str(s), "routed": routed}.items())))
             assert key in before, f"missing series {key}; have {sorted(before)[:6]}"
+    labels.pop("engine")  # summed over the engines (data parallel: each serves some)
     want: dict[tuple, list[int]] = {}
     for body in bodies:
         resp = server.post("/v1/completions", {"model": name, **body})
@@ -216,8 +226,12 @@ def assert_per_set_metrics(server, name: str, bodies: list[dict], router: str | 
     n_routed = sum(r[0] for (_, routed), r in want.items() if routed == "true")
 
     def delta(sample: str, extra: dict) -> float:
-        key = (sample, tuple(sorted({**labels, **extra}.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        return total(after, sample, extra) - total(before, sample, extra)
+
+    def total(metrics: dict, sample: str, extra: dict) -> float:
+        match = {**labels, **extra}.items()
+        return sum(v for (n, key), v in metrics.items()
+                   if n == sample and match <= dict(key).items())
 
     hist = {"router": router} if router else None
     deadline = time.monotonic() + timeout

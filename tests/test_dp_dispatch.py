@@ -6,6 +6,8 @@ front end. The dispatch options put set 0 alone on one engine and sets 1 and 2 o
 other (`initial_freqs` [2, 1, 1]: with a uniform prior this pool's best plan at 2
 replicas is one group of all sets). Oracle: the offline engine pinned to each set (pinned
 == static removal is proven in test_engine_exactness), run before the server starts.
+This is also the suite's `vllm serve` with a text router (front-end routing, several
+prompts in one request, the per-set metrics and the router's timing histogram).
 """
 
 import json
@@ -16,9 +18,10 @@ from unittest import mock
 import pytest
 
 from conftest import TINY_SETS
-from engines import engine, greedy
+from engines import greedy
 from router_utils import FILLER_HELD, planted_texts
-from server_utils import VllmServer, greedy_completion, pudding_metrics, tiny_server_args
+from server_utils import (VllmServer, assert_per_set_metrics, greedy_completion,
+                          pudding_metrics, tiny_server_args)
 
 MAX_TOKENS = 8
 NAME = "dp"
@@ -34,19 +37,19 @@ def prompts():
 
 
 @pytest.fixture(scope="module")
-def offline(routed_dir, prompts):
-    """(text index, set id) -> greedy token ids from the offline engine pinned to the set."""
+def offline(routed_llm, prompts):
+    """(text index, set id) -> greedy token ids from the offline engine pinned to the set
+    (the session's engine on the same dir, idle while the server runs)."""
     texts, _ = prompts
     pairs = [(i, s) for i in range(len(texts)) for s in range(len(TINY_SETS))]
-    with engine(routed_dir, skip_tokenizer_init=False) as llm:
-        outs = llm.generate([texts[i] for i, _ in pairs],
-                            [greedy(MAX_TOKENS, set_id=s) for _, s in pairs], use_tqdm=False)
+    outs = routed_llm.generate([texts[i] for i, _ in pairs],
+                               [greedy(MAX_TOKENS, set_id=s) for _, s in pairs], use_tqdm=False)
     return {pair: list(o.outputs[0].token_ids) for pair, o in zip(pairs, outs)}
 
 
 @pytest.fixture(scope="module")
 def server(routed_dir, offline, tmp_path_factory):
-    """Started after the offline engine is gone (2-core machines); one core per engine."""
+    """Started after the offline references are taken; one core per engine."""
     args = tiny_server_args(NAME) + [
         "--data-parallel-size", "2", "--additional-config",
         json.dumps({"pudding_dispatch": OPTIONS})]
@@ -101,6 +104,26 @@ def test_responses_equal_offline_and_engines_serve_their_groups(server, offline,
         was = before.get((key[0], tuple(sorted(labels.items()))), 0.0)
         assert v == was or labels["set"] in GROUPS[labels["engine"]], labels
     assert all(sum(v for labels, v in _series(metrics, *key, engine=e)) > 0 for e in GROUPS)
+
+
+def test_several_routed_prompts_in_one_request(server, offline, prompts):
+    """One request, several prompts routed to different sets: split per prompt, each
+    dispatched by its set, merged back in order."""
+    texts, truth = prompts
+    data = greedy_completion(server, NAME, texts, MAX_TOKENS).json()
+    assert data["pudding_sets"] == truth and all(data["pudding_routed"])
+    by_index = {c["index"]: c["token_ids"] for c in data["choices"]}
+    assert [by_index[i] for i in range(len(texts))] == [offline[(i, s)] for i, s in
+                                                        enumerate(truth)]
+
+
+def test_metrics_count_each_set_and_time_the_text_router(server, prompts):
+    texts, _ = prompts
+    one = {"max_tokens": 2, "temperature": 0.0, "ignore_eos": True}
+    bodies = [{"prompt": t, **one} for t in texts[:3]] + [
+        {"prompt": texts[0], **one, "vllm_xargs": {"pudding_set": 1}}]
+    counts = assert_per_set_metrics(server, NAME, bodies, "text", len(TINY_SETS))
+    assert sum(n for (_, routed), n in counts.items() if routed == "true") == 3
 
 
 def test_bad_set_is_http_400_and_serving_continues(server, offline, prompts):

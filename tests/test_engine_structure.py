@@ -14,17 +14,31 @@ import shutil
 import pytest
 
 from conftest import TINY_LAYERS, TINY_SETS
-from engines import engine, greedy, kv_capacity_tokens, token_prompts, tokens_and_logprobs
+from engines import engine, greedy, kv_capacity_tokens, token_prompts
+from server_utils import offline_run
 
 PROMPTS = token_prompts([7, 20, 90], seed=3)
 
 
 @pytest.fixture(scope="module")
-def stock_base(tiny_base):
+def offline(tiny_base, tmp_path_factory):
+    """Stock vLLM on the unpruned base (key 0) and PuDDing with a pool whose one set omits
+    nothing (key 1), each prompt alone (in-process engines in a child: seconds each):
+    (refs, KV capacity per key)."""
+    from vllm_pudding.artifact import build_pudding_dir
+    from vllm_pudding.config import PuddingConfig
+
+    root = tmp_path_factory.mktemp("k0")
+    k0 = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=[[]]), root / "pud")
+    return offline_run({0: tiny_base, 1: k0}, [p["prompt_token_ids"] for p in PROMPTS], 10,
+                       root / "offline.log")
+
+
+@pytest.fixture(scope="module")
+def stock_base(offline):
     """Stock vLLM on the unpruned base: outputs and KV capacity."""
-    with engine(tiny_base) as llm:
-        outs = llm.generate(PROMPTS, greedy(10), use_tqdm=False)
-        return [tokens_and_logprobs(o) for o in outs], kv_capacity_tokens(llm)
+    refs, capacity = offline
+    return [refs[0, i] for i in range(len(PROMPTS))], capacity[0]
 
 
 def test_kv_capacity_holds_only_kept_layers(pudding_llm, stock_base):
@@ -36,17 +50,11 @@ def test_kv_capacity_holds_only_kept_layers(pudding_llm, stock_base):
     assert ratio <= TINY_LAYERS / (TINY_LAYERS - k) * 1.01, ratio
 
 
-def test_pool_keeping_every_layer_equals_stock(tiny_base, tmp_path_factory, stock_base):
-    from vllm_pudding.artifact import build_pudding_dir
-    from vllm_pudding.config import PuddingConfig
-
-    path = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=[[]]),
-                             tmp_path_factory.mktemp("k0") / "pud")
-    with engine(path) as llm:
-        outs = llm.generate(PROMPTS, [greedy(10, 0), greedy(10), greedy(10, 0)], use_tqdm=False)
+def test_pool_keeping_every_layer_equals_stock(offline, stock_base):
+    refs, _ = offline
     ref, _ = stock_base
-    for got, want in zip(outs, ref):
-        tokens, lps = tokens_and_logprobs(got)
+    for i, want in enumerate(ref):
+        tokens, lps = refs[1, i]
         assert tokens == want[0]
         assert max(abs(a - b) for a, b in zip(lps, want[1])) <= 1e-3
 

@@ -1,4 +1,5 @@
-"""Automatic routing through the engine: offline `LLM.generate` and `vllm serve`.
+"""Automatic routing through the engine: offline `LLM.generate` (the same dir served by
+`vllm serve`, front-end routing and its metrics: test_dp_dispatch.py).
 
 The tiny pudding dir gets a router trained on a planted signal (router_utils): topic
 prompts whose best sets differ. Requests that name no set must run under the routed
@@ -10,9 +11,8 @@ is routed once; outputs say which set each request got.
 import pytest
 
 from conftest import TINY_SETS
-from engines import CHUNK_BUDGET, engine, greedy
+from engines import CHUNK_BUDGET, greedy
 from router_utils import FILLER_HELD, planted_texts
-from server_utils import assert_per_set_metrics, greedy_completion, tiny_server
 
 MAX_TOKENS = 8
 
@@ -20,12 +20,6 @@ MAX_TOKENS = 8
 @pytest.fixture(scope="module")
 def prompts():
     return planted_texts(2, seed=5, filler=FILLER_HELD)
-
-
-@pytest.fixture(scope="module")
-def routed_llm(routed_dir):
-    with engine(routed_dir, skip_tokenizer_init=False) as llm:
-        yield llm
 
 
 def _stats():
@@ -115,32 +109,3 @@ def test_missing_router_fails_at_start_naming_the_file(routed_dir, tmp_path):
     (broken / "router-text" / "router.json").unlink()
     with pytest.raises(Exception, match="router.json: router spec missing"):
         LLM(model=str(broken), **engine_kwargs(skip_tokenizer_init=False))
-
-
-@pytest.fixture(scope="module")
-def routed_server(routed_dir, routed_llm, tmp_path_factory):
-    """Started after the offline tests' engine is used (module order), 2-core machines."""
-    with tiny_server(routed_dir, tmp_path_factory, "routed") as srv:
-        yield srv
-
-
-def test_server_routes_and_reports_sets(routed_server, routed_llm, prompts):
-    texts, truth = prompts
-    data = greedy_completion(routed_server, "routed", texts, MAX_TOKENS).json()
-    assert data["pudding_sets"] == truth and all(data["pudding_routed"])
-    offline = routed_llm.generate(texts, [greedy(MAX_TOKENS, set_id=s) for s in truth],
-                                  use_tqdm=False)
-    by_index = {c["index"]: c["token_ids"] for c in data["choices"]}
-    assert [by_index[i] for i in range(len(texts))] == [_tokens(o) for o in offline]
-    pinned = greedy_completion(routed_server, "routed", texts[0], MAX_TOKENS,
-                               vllm_xargs={"pudding_set": 2})
-    assert pinned.json()["pudding_sets"] == [2] and pinned.json()["pudding_routed"] == [False]
-
-
-def test_server_metrics_time_the_text_router(routed_server, prompts):
-    texts, truth = prompts
-    one = {"max_tokens": 2, "temperature": 0.0, "ignore_eos": True}
-    bodies = [{"prompt": t, **one} for t in texts[:3]] + [
-        {"prompt": texts[0], **one, "vllm_xargs": {"pudding_set": 1}}]
-    counts = assert_per_set_metrics(routed_server, "routed", bodies, "text", len(TINY_SETS))
-    assert sum(n for (_, routed), n in counts.items() if routed == "true") == 3

@@ -9,31 +9,13 @@ caller offline and through `vllm serve`; and never call a front-end router.
 
 import pytest
 
+from conftest import HIDDEN_SETS
 from engines import CHUNK_BUDGET, engine, greedy
-from router_utils import FILLER_HELD, planted_texts, train_planted_hidden_router
+from router_utils import FILLER_HELD, planted_texts
 from server_utils import assert_per_set_metrics, greedy_completion, tiny_server
 
 MAX_TOKENS = 8
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the tiny model has none
-HIDDEN_SETS = [[2, 3], [1, 3], [1, 4]]  # every set keeps layer 0: route after it
-
-
-@pytest.fixture(scope="module")
-def planted(tiny_base, tmp_path_factory):
-    root = tmp_path_factory.mktemp("hidden")
-    return train_planted_hidden_router(root / "planted", tiny_base, HIDDEN_SETS)
-
-
-@pytest.fixture(scope="module")
-def hidden_dir(tiny_base, planted, tmp_path_factory):
-    from vllm_pudding.artifact import build_pudding_dir
-    from vllm_pudding.config import PuddingConfig
-    from vllm_pudding.router.install import install_router
-
-    d = build_pudding_dir(tiny_base, PuddingConfig(omission_sets=HIDDEN_SETS),
-                          tmp_path_factory.mktemp("hidden-pd") / "pd")
-    install_router(d, planted[0])
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +34,8 @@ def prompts(planted):
 
 
 @pytest.fixture(scope="module")
-def llm(hidden_dir):
-    with engine(hidden_dir, skip_tokenizer_init=False) as llm:
-        yield llm
+def llm(hidden_llm):
+    return hidden_llm
 
 
 def _routed_rows(llm) -> int:

@@ -1,9 +1,9 @@
 """`pudding serve-ray`: 2 engine replicas of a tiny pudding dir with a hidden router, routing
 workers and the set-affine ingress, on Ray Serve in a loopback-only namespace.
 
-Oracle: stock vLLM, offline, on the checkpoint with the response's set removed statically
-(server_utils.offline_refs), run before the app starts. Routed sets must be the head's
-choice on HF prefix states (test_router_in_engine's `prompts`). One app for the module;
+Oracle: the offline engine on the same dir pinned to the response's set, each prompt alone
+(pinned == static removal: test_engine_exactness), run before the app starts. Routed sets
+must be the head's choice on HF prefix states (test_router_in_engine's `prompts`). One app for the module;
 the fault tests run last (they kill a routing worker, then a replica, under load).
 """
 
@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from ray_utils import RayApp, skip_without_namespace
-from server_utils import offline_refs, tiny_server_args
-from test_router_in_engine import CHAT_TEMPLATE, HIDDEN_SETS, hidden_dir, planted, prompts  # noqa: F401
+from server_utils import tiny_server_args
+from test_router_in_engine import CHAT_TEMPLATE, HIDDEN_SETS, prompts  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +43,21 @@ def prompt_ids(hidden_dir, prompts):
 
 
 @pytest.fixture(scope="module")
-def refs(tiny_base, prompt_ids, tmp_path_factory):
-    """(set id, prompt index) -> (tokens, logprobs) of LONG greedy tokens, static checkpoints."""
-    from vllm_pudding.static import write_static_checkpoint
+def refs(hidden_llm, prompt_ids):
+    """(set id, prompt index) -> (tokens, logprobs) of LONG greedy tokens, each prompt
+    alone, from the offline engine pinned to the set (pinned == static removal:
+    test_engine_exactness), taken before the app starts."""
+    from vllm.inputs import TokensPrompt
 
-    root = tmp_path_factory.mktemp("ray-static")
-    static = {i: write_static_checkpoint(tiny_base, s, root / f"set{i}")
-              for i, s in enumerate(HIDDEN_SETS)}
-    return offline_refs(static, prompt_ids, LONG, root / "offline.log", timeout=1800)
+    from engines import greedy, tokens_and_logprobs
+
+    refs = {}
+    for s in range(len(HIDDEN_SETS)):
+        for i, ids in enumerate(prompt_ids):
+            (out,) = hidden_llm.generate([TokensPrompt(prompt_token_ids=ids)],
+                                         greedy(LONG, set_id=s), use_tqdm=False)
+            refs[s, i] = tokens_and_logprobs(out)
+    return refs
 
 
 @pytest.fixture(scope="module")
