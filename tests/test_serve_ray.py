@@ -285,8 +285,8 @@ def test_replica_killed_under_load_every_request_completes_and_it_restarts(app, 
 def test_serve_routing_baseline_is_set_blind_and_exact(hidden_dir, prompts, refs,
                                                        tmp_path_factory):
     """routing="serve" (bench_dispatch's ray-default): the replicas as one deployment behind
-    Serve's own request router, pinned by rank; every response still equals the static
-    checkpoint's, pinned and routed. One replica, to keep the second Ray app cheap (the
+    Serve's own request router, pinned by rank; every response still equals the offline
+    reference (the module's oracle), pinned and routed. One replica, to keep the second Ray app cheap (the
     benchmark's smoke run shows 2 replicas pinned to cores 0 and 1 and sharing the sets)."""
     skip_without_namespace()
     texts, expected = prompts
