@@ -7,13 +7,16 @@
 (examples/ray_serve_config.yaml); `RayAppConfig` holds and validates every option.
 Each replica is its own deployment of one engine: one runtime_env per deployment is what
 lets each replica be pinned to its own cores (CPU) and lets the ingress address a replica
-directly; Serve still restarts each one when it dies.
+directly; Serve still restarts each one when it dies. `routing="serve"` builds the
+set-blind baseline instead: one deployment of N replicas, which Serve's own default request
+router (power of two choices on queue length) spreads requests over; each replica then pins
+itself by its Serve rank.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -56,6 +59,13 @@ class RayAppConfig(BaseModel):
         "would queue what the engine's continuous batch should hold).")
     dispatch: dict[str, Any] = Field(
         default_factory=dict, description="`DispatchOptions` of the set-affine policy.")
+    routing: Literal["affine", "serve"] = Field(
+        "affine", description="affine: each replica its own deployment and the ingress picks "
+        "one by the set-affine policy (dispatch/policy.py). serve: the replicas are one "
+        "deployment and Ray Serve's default request router (power of two choices, set-blind) "
+        "picks, for a baseline (benchmarks/bench_dispatch.py); the ingress still decides "
+        "each request's set and resends on a replica failure, and /pudding/replicas shows "
+        "no groups, only the replicas one round of calls reached.")
 
     @field_validator("model")
     @classmethod
@@ -94,16 +104,7 @@ def build_app(config: RayAppConfig):
     from vllm_pudding.serve_ray.routing import RoutingWorker
 
     gpus = _gpus(config)
-    replicas = []
-    for i in range(config.replicas):
-        cores = None if gpus else replica_cores(i, config.cores_per_replica)
-        env = {} if cores is None else {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
-        replicas.append(serve.deployment(EngineReplica).options(
-            name=f"replica{i}", num_replicas=1, max_ongoing_requests=config.max_ongoing_requests,
-            health_check_period_s=2, health_check_timeout_s=30,
-            ray_actor_options={"num_cpus": 0, "num_gpus": gpus,
-                               "runtime_env": {"env_vars": env}},
-        ).bind(config.model, config.vllm_args, i, cores))
+    replicas = _replica_deployments(config, gpus, serve.deployment(EngineReplica))
     router = None
     if _has_router(config.model):
         router = serve.deployment(RoutingWorker).options(
@@ -114,9 +115,32 @@ def build_app(config: RayAppConfig):
             ray_actor_options={"num_cpus": 0, "num_gpus": config.router_gpus},
         ).bind(config.model, config.router_batch_size, config.router_batch_wait_s)
     options = config.model_dump(include={"route_timeout_s", "route_retries", "max_resends",
-                                         "unavailable_wait_s", "retry_after_s", "dispatch"})
+                                         "unavailable_wait_s", "retry_after_s", "dispatch",
+                                         "routing", "replicas"})
     return Ingress.options(name="ingress", max_ongoing_requests=100_000).bind(
         replicas, router, config.model, options)
+
+
+def _replica_deployments(config: RayAppConfig, gpus: float, deployment) -> list:
+    """One bound deployment per replica (affine), or one of N replicas (serve)."""
+    common = dict(max_ongoing_requests=config.max_ongoing_requests, health_check_period_s=2,
+                  health_check_timeout_s=30)
+    if config.routing == "serve":  # each replica pins itself by its Serve rank
+        return [deployment.options(
+            name="replicas", num_replicas=config.replicas, **common,
+            ray_actor_options={"num_cpus": 0, "num_gpus": gpus},
+        ).bind(config.model, config.vllm_args, None, None,
+               0 if gpus else config.cores_per_replica)]
+    out = []
+    for i in range(config.replicas):
+        cores = None if gpus else replica_cores(i, config.cores_per_replica)
+        env = {} if cores is None else {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
+        out.append(deployment.options(
+            name=f"replica{i}", num_replicas=1, **common,
+            ray_actor_options={"num_cpus": 0, "num_gpus": gpus,
+                               "runtime_env": {"env_vars": env}},
+        ).bind(config.model, config.vllm_args, i, cores))
+    return out
 
 
 def _has_router(model: str) -> bool:

@@ -13,7 +13,9 @@ Per request to /v1/completions or /v1/chat/completions:
 3. The replica: `SetAffineDispatcher` (dispatch/policy.py) picks the least-loaded replica
    of the set's group from the ingress's own in-flight counts. Each replica is its own
    Serve deployment (one engine each, pinned to its own cores), so the ingress holds one
-   handle per replica and chooses it directly.
+   handle per replica and chooses it directly. With the app's `routing="serve"` (a
+   set-blind baseline) the replicas are one deployment behind one handle, and Ray Serve's
+   default request router picks instead.
 4. Faults: a replica that fails (killed, engine dead) is marked down, probed until Serve
    has restarted it, and everything it had in flight is resent to another replica:
    non-streamed responses are buffered here, so a resend is invisible to the client; a
@@ -140,11 +142,14 @@ class Ingress:
         layers = config["num_hidden_layers"]
         self._hf = types.SimpleNamespace(pudding=config["pudding"], num_hidden_layers=layers)
         kept = [frozenset(range(layers)) - set(s) for s in self.pool.omission_sets]
-        self.dispatcher = SetAffineDispatcher(kept, len(replicas),
-                                              DispatchOptions(**options.get("dispatch", {})))
+        self.dispatcher = None  # routing "serve": Serve's router picks behind one handle
+        if options.get("routing", "affine") == "affine":
+            self.dispatcher = SetAffineDispatcher(
+                kept, len(replicas), DispatchOptions(**options.get("dispatch", {})))
         self.loads = [0] * len(replicas)
         self.down: set[int] = set()
         self.counters: Counter[str] = Counter()
+        self.served_by: Counter[tuple[int, str]] = Counter()  # (replica, set) -> requests
         self.route_seconds: list[float] = []
         self._failures = _replica_failures()
         self._local_router = None
@@ -184,6 +189,8 @@ class Ingress:
     @app.get("/pudding/replicas")
     async def replica_stats(self):
         """Per replica: its group, what the dispatcher sent, and the replica's own counts."""
+        if self.dispatcher is None:
+            return await self._serve_routed_stats()
         out = []
         for i, handle in enumerate(self.replicas):
             row = {"replica": i, "sets": sorted(self.dispatcher.replica_sets[i]),
@@ -203,6 +210,24 @@ class Ingress:
             except (asyncio.TimeoutError, *self._failures):
                 pass
         return {"replicas": out, "router": router, "counters": dict(self.counters),
+                "route_seconds": self.route_seconds[-1000:]}
+
+    async def _serve_routed_stats(self, calls_per_replica: int = 4):
+        """Routing "serve": the engine counts of the replicas that one round of stats calls
+        through Serve's router reached (each replica likely, not surely)."""
+        (handle,) = self.replicas
+        calls = [asyncio.wait_for(handle.stats.remote(), 5)
+                 for _ in range(calls_per_replica * self.options.get("replicas", 1))]
+        seen = {}
+        for stats in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(stats, dict):
+                seen[stats["index"]] = stats
+        answered: dict[int, dict] = {}
+        for (replica, set_id), n in sorted(self.served_by.items()):
+            answered.setdefault(replica, {})[set_id] = n
+        return {"routing": "serve", "counters": dict(self.counters),
+                "answered": {str(r): sets for r, sets in answered.items()},
+                "replicas": [{"replica": i, "engine": seen[i]} for i in sorted(seen)],
                 "route_seconds": self.route_seconds[-1000:]}
 
     @app.api_route("/{path:path}", methods=["GET", "POST"])
@@ -334,6 +359,8 @@ class Ingress:
                 raise ReplicaUnavailable()
             await asyncio.sleep(0.2)
         loads = [10 ** 9 if i in self.down else n for i, n in enumerate(self.loads)]
+        if self.dispatcher is None:  # one handle: Serve's router picks the replica
+            return 0
         if set_id is None:
             return min(range(len(loads)), key=loads.__getitem__)
         if not resend:  # the set's traffic counts once per request
@@ -364,6 +391,12 @@ class Ingress:
 
     # ------------------------------------------------------------ calling it
 
+    def _tally(self, replica: int, set_id: int | None, status: int) -> None:
+        """Accepted generation requests (those with a set) per (replica that answered, set):
+        under routing "serve" only the answer says where Serve's router sent each."""
+        if set_id is not None and status == 200:
+            self.served_by[replica, str(set_id)] += 1
+
     def _call(self, replica: int, body: bytes, request: Request, path: str | None):
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS]
         headers.append(("content-length", str(len(body))))
@@ -383,7 +416,8 @@ class Ingress:
                         head = item
                     else:
                         chunks.append(item)
-                status, headers = head
+                status, headers, served_by = head
+                self._tally(served_by, None if path else set_id, status)
                 return status, _response_headers(headers), b"".join(chunks)
             except self._failures:
                 self._mark_down(replica)
@@ -403,7 +437,8 @@ class Ingress:
             self.loads[replica] += 1
             gen = self._call(replica, body, request, None)
             try:
-                status, headers = await gen.__anext__()
+                status, headers, served_by = await gen.__anext__()
+                self._tally(served_by, set_id, status)
                 first = await gen.__anext__() if status == 200 else None
             except StopAsyncIteration:
                 first = None

@@ -8,7 +8,9 @@ apply in this process as in `vllm serve` (vLLM loads general plugins on engine s
 
 On CPU each replica is pinned to its own cores (process affinity and
 `VLLM_CPU_OMP_THREADS_BIND`, set by the app builder per deployment): vLLM's automatic
-binding would put every replica on core 0.
+binding would put every replica on core 0. Replicas of one deployment (the app's
+`routing="serve"` baseline) share one runtime_env, so each takes its cores from its Serve
+rank instead.
 """
 
 from __future__ import annotations
@@ -33,11 +35,29 @@ def serve_args(model: str, vllm_args: list[str]):
     return args
 
 
+def _rank_and_cores(cores_per_rank: int) -> tuple[int, list[int] | None]:
+    """This replica's Serve rank and, with `cores_per_rank`, its block of cores (the engine
+    process started next inherits VLLM_CPU_OMP_THREADS_BIND)."""
+    from ray import serve
+
+    from vllm_pudding.serve_ray.app import replica_cores
+
+    rank = serve.get_replica_context().rank
+    rank = int(getattr(rank, "rank", rank))  # a ReplicaRank model in Ray 2.60
+    if not cores_per_rank:
+        return rank, None
+    cores = replica_cores(rank, cores_per_rank)
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
+    return rank, cores
+
+
 class EngineReplica:
     """A Serve deployment class (the app builder wraps it with `serve.deployment`)."""
 
-    async def __init__(self, model: str, vllm_args: list[str], index: int,
-                       cores: list[int] | None = None):
+    async def __init__(self, model: str, vllm_args: list[str], index: int | None,
+                       cores: list[int] | None = None, cores_per_rank: int = 0):
+        if index is None:  # one of a deployment's N replicas: its Serve rank says which
+            index, cores = _rank_and_cores(cores_per_rank)
         if cores:
             os.sched_setaffinity(0, cores)
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -56,12 +76,15 @@ class EngineReplica:
 
     async def handle(self, method: str, path: str, headers: list[tuple[str, str]],
                      body: bytes) -> AsyncIterator:
-        """Streams (status, headers), then the body chunks, of one request to the app."""
+        """Streams (status, headers, this replica's index), then the body chunks, of one
+        request to the app (the index tells an ingress behind Serve's router who served)."""
         self.in_flight += 1
         try:
             async for item in call(self.app, method, path, headers, body):
-                if isinstance(item, tuple) and item[0] == 200:
-                    self._count(path, body)  # requests the engine accepted
+                if isinstance(item, tuple):
+                    if item[0] == 200:
+                        self._count(path, body)  # requests the engine accepted
+                    item = (*item, self.index)
                 yield item
         finally:
             self.in_flight -= 1
