@@ -286,8 +286,9 @@ def test_serve_routing_baseline_is_set_blind_and_exact(hidden_dir, prompts, refs
                                                        tmp_path_factory):
     """routing="serve" (bench_dispatch's ray-default): the replicas as one deployment behind
     Serve's own request router, pinned by rank; every response still equals the offline
-    reference (the module's oracle), pinned and routed. One replica, to keep the second Ray app cheap (the
-    benchmark's smoke run shows 2 replicas pinned to cores 0 and 1 and sharing the sets)."""
+    reference (the module's oracle), pinned and routed. One replica, to keep the second
+    Ray app cheap (the benchmark's smoke run shows 2 replicas pinned to cores 0 and 1 and
+    sharing the sets)."""
     skip_without_namespace()
     texts, expected = prompts
     log = tmp_path_factory.mktemp("ray-serve-routing") / "serve-ray.log"
