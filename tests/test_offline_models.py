@@ -2,7 +2,8 @@
 checkpoint says what its GGUF says, and its tokenizer tokenizes as the GGUF does.
 
 Oracles for the tokenizer: llama.cpp itself (`llama_cpp`, when installed) and a BPE read
-straight from the file's vocabulary and merges or scores (`gguf_tokenizers.py`, llama.cpp's algorithms).
+straight from the file's vocabulary and merges or scores (`gguf_tokenizers.py`, llama.cpp's
+algorithms).
 The default model runs wherever the suite runs (setup.sh installs its package); the others
 only where their packages are installed and the model was converted
 (`python -m vllm_pudding.offline_models NAME`): CI does not download them.
@@ -20,7 +21,8 @@ from vllm_pudding.offline_models import META_FILE, SOURCES
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. It's 12:45, isn't it?",
     "Zürich, São Paulo, Ελληνικά, 東京は晴れ、기온 21°C 🙂 — naïve café",
-    "def f(x):\n\tif x >= 10:\n        return [i ** 2 for i in range(x)]  # squares\n\n\nprint(f(12345))",
+    "def f(x):\n\tif x >= 10:\n        return [i ** 2 for i in range(x)]  # squares\n\n\n"
+    "print(f(12345))",
     "   leading spaces, trailing spaces   \r\n\n  and 3.14159e-10 / 1,000,000",
 ]
 CHAT = [{"role": "system", "content": "You answer briefly."},

