@@ -184,6 +184,24 @@ def test_vllm_scores_match_hf(pudding_llm, tiny_base, tokenizer, examples, set_i
                        shared_context=False)[0].logprobs, abs=1e-3)
 
 
+def test_hf_engine_cli_scores_as_the_hf_reference(tiny_base, tokenizer, tmp_path):
+    """`--hf`: HF transformers answers the scorer's requests (per-choice and shared-context
+    paths) with the dense model's own log-probs; no vLLM engine starts."""
+    from vllm_pudding.data.tasks import validation_examples
+    from vllm_pudding.eval.__main__ import main
+
+    out = tmp_path / "hf.json"
+    assert main(["--model", str(tiny_base), "--hf", "--tasks", "arc_easy,mmlu", "--n", "2",
+                 "--dtype", "float32", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["engine"] == "transformers"
+    scored = res["examples"]["dense"]["arc_easy"] + res["examples"]["dense"]["mmlu"]
+    exs = validation_examples("arc_easy", n=2) + validation_examples("mmlu", n=2)
+    assert [(s["task"], s["doc_id"]) for s in scored] == [(e.task, e.doc_id) for e in exs]
+    ref = hf_scores(tiny_base, set(), tokenizer, exs)
+    assert [s["logprobs"] for s in scored] == [pytest.approx(r, abs=1e-4) for r in ref]
+
+
 def test_per_example_sets_in_one_batch(pudding_llm, tokenizer, examples):
     """A mapping (task, doc_id) -> set mixes sets in one generate; each example scores as
     it does alone under its set."""

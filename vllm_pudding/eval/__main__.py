@@ -13,6 +13,8 @@
 - `--extra-sets`: labelled omission sets of the same k (JSON text or a file), e.g. the
   static baselines; they run in the same engine as the pool, through a temporary pudding
   dir on the base model whose pool is the model's pool followed by these sets.
+- `--hf`: score a plain model dir with HF transformers instead of vLLM, same examples
+  and scoring (`eval/hf_reference.py`): the reference for a converted model.
 Prints a markdown table (percent, 95% intervals, n) and a timing table; `--out` keeps
 the metrics and every example's per-choice log-probs (oracle, router labels).
 """
@@ -55,6 +57,10 @@ def _load_extra(spec: str | None) -> dict[str, list[int]]:
 
 
 def _engine(model: Path, args):
+    if args.hf:
+        from vllm_pudding.eval.hf_reference import HFEngine
+
+        return HFEngine(model, args.dtype)
     from vllm import LLM
 
     kw = dict(dtype=args.dtype, max_model_len=args.max_model_len, seed=0,
@@ -66,7 +72,8 @@ def _engine(model: Path, args):
 
 def _shutdown(llm) -> None:
     try:
-        llm.llm_engine.engine_core.shutdown()
+        if hasattr(llm, "llm_engine"):
+            llm.llm_engine.engine_core.shutdown()
     finally:
         gc.collect()
 
@@ -95,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--enforce-eager", action="store_true",
                    help="no compiled layers: faster engine start, slower scoring (small runs)")
+    p.add_argument("--hf", action="store_true",
+                   help="score with HF transformers instead of vLLM (a plain model dir: the "
+                        "reference for a converted model's dense accuracy; eval/hf_reference.py)")
     p.add_argument("--no-shared-context", action="store_true",
                    help="score single-token choices with one request per choice too")
     args = p.parse_args(argv)
@@ -132,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({time.perf_counter() - t_load:.1f}s)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(str(base or model))
     score_kw = dict(shared_context=not args.no_shared_context)
+    if args.hf:
+        if pool is not None or extra:
+            raise SystemExit("--hf scores a plain (dense) model dir: no pool, no --extra-sets")
+        score_kw["max_model_len"] = args.max_model_len
     runs, engines = [], []
     t_all = time.perf_counter()
 
@@ -194,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 "engine_start_seconds": engines,
                 "pool": [list(s) for s in pool_sets], "extra_sets": extra,
                 "shared_context": not args.no_shared_context,
+                "engine": "transformers" if args.hf else "vllm",
                 "argv": sys.argv[1:] if argv is None else argv}
         Path(args.out).write_bytes(results_json(runs, meta, with_examples=not args.no_examples))
         print(f"wrote {args.out}")

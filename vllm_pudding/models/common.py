@@ -17,6 +17,7 @@ changes is the same for each, and lives here:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from vllm.config import VllmConfig
 
 from vllm_pudding import depth, layer_compile
 from vllm_pudding.config import from_hf_config
+from vllm_pudding.patches.model_build import omitting
 
 
 class OmittedLayer(nn.Module):
@@ -65,8 +67,10 @@ def _engine_router(vllm_config: VllmConfig, pudding):
 
 
 class PuddingCausalLM:
-    """Mixin in front of a vLLM `<Arch>ForCausalLM`: pool set-up, weight filter, compile."""
+    """Mixin in front of a vLLM `<Arch>ForCausalLM`: pool set-up, weight filter, compile.
+    `decoder_layer` names the architecture's decoder layer class (compiled per layer)."""
 
+    decoder_layer: type
     omitted_layers: set[int] = set()
 
     def _setup_depth(self, vllm_config: VllmConfig) -> set[int]:
@@ -80,12 +84,33 @@ class PuddingCausalLM:
         self.omitted_layers = pudding.omitted_by_all()
         return self.omitted_layers
 
-    @staticmethod
-    def _compile_layers(layers: nn.ModuleList, layer_cls: type, vllm_config: VllmConfig) -> None:
+    def _compile_layers(self, layers: nn.ModuleList, vllm_config: VllmConfig) -> None:
         if layer_compile.requested(vllm_config):
-            layer_compile.compile_layers(layers, layer_cls, vllm_config.device_config.device_type)
+            layer_compile.compile_layers(layers, self.decoder_layer,
+                                         vllm_config.device_config.device_type)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         kept = ((name, w) for name, w in weights
                 if depth.layer_index(name) not in self.omitted_layers)
         return super().load_weights(kept)
+
+
+class PuddingBuiltCausalLM(PuddingCausalLM):
+    """For vLLM `<Arch>ForCausalLM` classes with no decoder-layer hook (Qwen2, Gemma3):
+    builds them with placeholders for never-kept layers (`patches/model_build.omitting`
+    on `vllm_module`) and replaces their forward by the per-row loop (the inner
+    `<Arch>Model.forward` is never called). A subclass names what differs:
+    `vllm_module` (where vLLM's class builds its layers) and `decoder_layer`."""
+
+    vllm_module: ModuleType
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        omitted = self._setup_depth(vllm_config)
+        with omitting(self.vllm_module, omitted, OmittedLayer):
+            super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._compile_layers(self.model.layers, vllm_config)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None,
+                **extra_layer_kwargs):
+        return run_layers(self.model, input_ids, positions, intermediate_tensors,
+                          inputs_embeds, **extra_layer_kwargs)

@@ -58,7 +58,7 @@ class PuddingLlamaForCausalLM(PuddingCausalLM, LlamaForCausalLM):
 
     def _init_model(self, vllm_config: VllmConfig, prefix: str = "", layer_type=LlamaDecoderLayer):
         model = PuddingLlamaModel(vllm_config=vllm_config, prefix=prefix, layer_type=layer_type)
-        self._compile_layers(model.layers, self.decoder_layer, vllm_config)
+        self._compile_layers(model.layers, vllm_config)
         return model
 
 
