@@ -160,7 +160,7 @@ def simulated(kept: list[frozenset[int]], sets: tuple[int, ...], replicas: int,
     return out
 
 
-def run(seed: int) -> dict:
+def run(seed: int, routable_only: bool = False) -> dict:
     from vllm_pudding.artifact import load_pudding_dir
     from vllm_pudding.default_pudding import ensure_default_pudding_dir
     from simulate_dispatch import kept_layers
@@ -174,12 +174,15 @@ def run(seed: int) -> dict:
     cost = StepCost(**calibration["step_cost"])
     val, train = load_correct(num_sets)
     full = tuple(range(num_sets))
+    if routable_only:  # sub-pools of the sets a router may pick (generation-sane)
+        full = tuple(pool.routable_sets or full)
     accs = {sets: accuracy(val, train, sets)
-            for k in range(1, num_sets + 1) for sets in itertools.combinations(full, k)}
+            for k in range(1, len(full) + 1) for sets in itertools.combinations(full, k)}
     full_acc = accs[full]
     out = {"meta": {"command": " ".join(sys.argv), "seed": seed, "machine": machine_info(),
                     "pool": [list(s) for s in pool.omission_sets],
-                    "routable_sets": list(pool.routable_sets or full),
+                    "routable_sets": list(pool.routable_sets or range(num_sets)),
+                    "routable_only": routable_only,
                     "n_validation": {t: len(c) for t, c in val.items()},
                     "n_train": {t: len(c) for t, c in train.items()},
                     "validation_files": [str(p.relative_to(RESULTS.parent.parent))
@@ -237,7 +240,9 @@ def report(result: dict) -> str:
         "rows, so fewer kept layers move the step less than on a quiet machine), uniform "
         "traffic over the sub-pool's sets, burst of 32 requests per replica / saturated "
         "closed loop of 32 clients per replica, 32 prompt / 128 output tokens.", "",
-        f"Full pool (all 10 sets): task router {100 * full['task_router']:.1f}%, example "
+        f"Full pool ({'the routable' if meta.get('routable_only') else 'all'} "
+        f"{len(full['sets'])} sets {full['sets']}): task router "
+        f"{100 * full['task_router']:.1f}%, example "
         f"oracle {100 * full['example_oracle']:.1f}% (routable sets "
         f"{meta['routable_sets']}). Candidates: all {meta['candidates']} non-empty "
         "subsets; shown: the full pool, the Pareto front of (policy cost, task-router "
@@ -283,8 +288,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True, help="output stem (.json, .md)")
+    ap.add_argument("--routable-only", action="store_true",
+                    help="candidates from the pool's routable (generation-sane) sets only")
     args = ap.parse_args()
-    result = run(args.seed)
+    result = run(args.seed, args.routable_only)
     text = report(result)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     args.out.with_suffix(".md").write_text(text + "\n")
