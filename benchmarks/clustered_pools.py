@@ -68,14 +68,10 @@ def load_correct(num_sets: int) -> tuple[dict, dict]:
             {t: train[t].correct for t in CALIBRATION_TASKS})
 
 
-def task_picks(train: dict, sets: tuple[int, ...]) -> dict[str, int]:
-    """Per task, the sub-pool's best set on the train rows (first on ties)."""
-    ids = np.array(sets)
-    return {t: int(ids[c[:, ids].mean(0).argmax()]) for t, c in train.items()}
-
-
 def accuracy(val: dict, train: dict, sets: tuple[int, ...]) -> dict:
-    picks = task_picks(train, sets)
+    from vllm_pudding.eval.paired import best_set_per_task
+
+    picks = best_set_per_task(train, sets)  # the sub-pool's task router, on train rows
     ids = list(sets)
     return {"task_router": float(np.mean([val[t][:, picks[t]].mean() for t in val])),
             "task_oracle": float(np.mean([val[t][:, ids].mean(0).max() for t in val])),
@@ -87,14 +83,11 @@ def paired_difference(val: dict, picks_a: dict, picks_b: dict, reps: int = 2000,
                       seed: int = 0) -> list[float]:
     """Mean over tasks of a's minus b's task-router accuracy, with a 95% bootstrap over
     each task's validation examples (the same resample for both)."""
-    rng = np.random.default_rng(seed)
-    diffs, boot = [], np.zeros(reps)
-    for t, c in val.items():
-        d = c[:, picks_a[t]].astype(float) - c[:, picks_b[t]].astype(float)
-        diffs.append(d.mean())
-        boot += d[rng.integers(0, len(d), size=(reps, len(d)))].mean(1)
-    low, high = np.percentile(boot / len(val), [2.5, 97.5])
-    return [float(np.mean(diffs)), float(low), float(high)]
+    from vllm_pudding.eval.paired import paired_bootstrap
+
+    diffs = [c[:, picks_a[t]].astype(float) - c[:, picks_b[t]].astype(float)
+             for t, c in val.items()]
+    return list(paired_bootstrap(diffs, reps, seed))
 
 
 def plan_cost(kept: list[frozenset[int]], sets: tuple[int, ...], replicas: int,
