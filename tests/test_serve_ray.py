@@ -3,8 +3,9 @@ workers and the set-affine ingress, on Ray Serve in a loopback-only namespace.
 
 Oracle: the offline engine on the same dir pinned to the response's set, each prompt alone
 (pinned == static removal: test_engine_exactness), run before the app starts. Routed sets
-must be the head's choice on HF prefix states (test_router_in_engine's `prompts`). One app for the module;
-the fault tests run last (they kill a routing worker, then a replica, under load).
+must be the head's choice on HF prefix states (test_router_in_engine's `prompts`). One app
+for the module; the fault tests run last (they kill a routing worker, then a replica,
+under load). The routing="serve" app: test_serve_ray_routing.py.
 """
 
 import json
