@@ -26,15 +26,48 @@ def engine_kwargs(**overrides):
 
 @contextmanager
 def engine(model: str, **overrides):
+    """An offline engine, shut down on exit.
+
+    Its engine core runs in this process over vLLM's multiprocessing executor: one spawned
+    worker (which holds the model and binds its own OpenMP threads, as on CPU it must)
+    instead of an engine-core process that spawns the worker, each re-importing vLLM
+    (~10 s apiece on 2 cores). A child that already set VLLM_ENABLE_V1_MULTIPROCESSING=0
+    gets the fully in-process engine it asked for.
+    """
     from vllm import LLM
 
-    llm = LLM(model=str(model), **engine_kwargs(**overrides))
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        llm = LLM(model=str(model), **engine_kwargs(**overrides))
+    else:
+        overrides.setdefault("distributed_executor_backend", "mp")
+        with _core_in_this_process():
+            llm = LLM(model=str(model), **engine_kwargs(**overrides))
     try:
         yield llm
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
+
+
+@contextmanager
+def _core_in_this_process():
+    """VLLM_ENABLE_V1_MULTIPROCESSING=0 while an engine is made, and vLLM's env cache
+    dropped after: an in-process engine core freezes vllm.envs (`enable_envs_cache`), and
+    later engines, servers and tests in this process must read the environment afresh."""
+    from vllm import envs
+
+    before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    envs.disable_envs_cache()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
+        envs.disable_envs_cache()
 
 
 def greedy(max_tokens: int = 12, set_id: int | None = None, **kw):

@@ -1,7 +1,7 @@
 """`pudding pin`: a derived pudding dir whose requests without `pudding_set` run one set.
 
 (That a dir without a router serves its `default_set` to such requests, exactly, is
-tests/test_engine_exactness.py::test_default_set_without_arg and the server's twin.)
+tests/test_engine_exactness.py::test_default_set_without_arg.)
 """
 
 import json

@@ -12,7 +12,6 @@ import pytest
 from conftest import HIDDEN_SETS
 from engines import CHUNK_BUDGET, engine, greedy
 from router_utils import FILLER_HELD, planted_texts
-from server_utils import assert_per_set_metrics, greedy_completion, tiny_server
 
 MAX_TOKENS = 8
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the tiny model has none
@@ -182,39 +181,6 @@ def test_caller_cannot_send_the_internal_route_key(pudding_llm):
 
 
 @pytest.fixture(scope="module")
-def hidden_server(hidden_dir, llm, tmp_path_factory):
-    with tiny_server(hidden_dir, tmp_path_factory, "hidden",
-                     ["--chat-template", CHAT_TEMPLATE]) as srv:
-        yield srv
-
-
-def test_server_reports_in_engine_sets(hidden_server, llm, prompts):
-    texts, expected = prompts
-    resp = greedy_completion(hidden_server, "hidden", texts, MAX_TOKENS)
-    data = resp.json()
-    assert data["pudding_sets"] == expected and all(data["pudding_routed"])
-    assert "_pudding_set" not in resp.text
-    offline = llm.generate(texts, [greedy(MAX_TOKENS, set_id=s) for s in expected],
-                           use_tqdm=False)
-    by_index = {c["index"]: c["token_ids"] for c in data["choices"]}
-    assert [by_index[i] for i in range(len(texts))] == [_tokens(o) for o in offline]
-
-
-def test_streamed_completion_chunks_carry_the_set(hidden_server, prompts):
-    import json
-
-    texts, expected = prompts
-    resp = greedy_completion(hidden_server, "hidden", texts, 4, stream=True)
-    seen = {}
-    for line in resp.text.splitlines():
-        if line.startswith("data: {"):
-            for choice in json.loads(line[len("data: "):])["choices"]:
-                seen.setdefault(choice["index"], set()).add(
-                    (choice["pudding_set"], choice["pudding_routed"]))
-    assert seen == {i: {(s, True)} for i, s in enumerate(expected)}
-
-
-@pytest.fixture(scope="module")
 def serving_dir(hidden_dir, tmp_path_factory):
     from vllm_pudding.search.serving_pool import build_serving_dir
 
@@ -259,53 +225,3 @@ def test_serving_dir_routes_in_engine_like_the_restricted_head(serving_dir, llm,
     full = llm.generate(texts, [greedy(MAX_TOKENS, set_id=SUBSET[s]) for s in expected],
                         use_tqdm=False)
     assert [_tokens(o) for o in routed] == [_tokens(o) for o in full]
-
-
-
-def test_chat_responses_carry_the_set_streamed_or_not(hidden_server, llm, prompts):
-    """Chat prompts are routed on the rendered template's tokens; the server must report
-    the set the offline engine decides for the same chat, streamed or not."""
-    import json
-
-    texts, _ = prompts
-    for text in texts[:2]:
-        messages = [{"role": "user", "content": text}]
-        (offline,) = llm.chat([messages], greedy(4), chat_template=CHAT_TEMPLATE,
-                              use_tqdm=False)
-        want = (offline.pudding_set, True)
-        body = {"model": "hidden", "messages": messages, "max_tokens": 4, "temperature": 0.0,
-                "ignore_eos": True}
-        full = hidden_server.post("/v1/chat/completions", body)
-        assert full.status_code == 200, full.text[:2000]
-        assert (full.json()["pudding_set"], full.json()["pudding_routed"]) == want
-        streamed = hidden_server.post("/v1/chat/completions", {**body, "stream": True})
-        chunks = [json.loads(line[len("data: "):]) for line in streamed.text.splitlines()
-                  if line.startswith("data: {")]
-        with_choices = [c for c in chunks if c.get("choices")]
-        assert with_choices and all((c["pudding_set"], c["pudding_routed"]) == want
-                                    for c in with_choices)
-
-
-def test_metrics_count_each_set_routed_and_pinned(hidden_server, prompts):
-    """/metrics (vLLM's Prometheus endpoint) counts what the responses report, per set,
-    and one worker-timed routing observation per routed request."""
-    texts, expected = prompts
-    one = {"max_tokens": 3, "temperature": 0.0, "ignore_eos": True}
-    bodies = ([{"prompt": t, **one} for t in texts]
-              + [{"prompt": texts[0], **one, "vllm_xargs": {"pudding_set": 2}},
-                 {"prompt": texts[1], **one, "max_tokens": 5, "vllm_xargs": {"pudding_set": 0}}])
-    counts = assert_per_set_metrics(hidden_server, "hidden", bodies, "hidden", len(HIDDEN_SETS))
-    routed = {}
-    for s in expected:
-        routed[(str(s), "true")] = routed.get((str(s), "true"), 0) + 1
-    assert {k: v for k, v in counts.items() if k[1] == "true"} == routed
-
-
-def test_chat_refuses_json_true_and_unknown_keys(hidden_server):
-    body = {"model": "hidden", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    for xargs, needle in (({"pudding_set": True}, "got True"), ({"pudding_sett": 1}, "pudding_sett")):
-        for stream in (False, True):
-            resp = hidden_server.post("/v1/chat/completions",
-                                      {**body, "vllm_xargs": xargs, "stream": stream})
-            assert resp.status_code == 400, resp.text[:500]
-            assert needle in resp.json()["error"]["message"]

@@ -1,0 +1,115 @@
+"""Where a decode step's time goes: dense vLLM (default, compiled) vs PuDDing one set
+with compiled layers, on bench_dense_default.py's seeded decode workload.
+
+Why: bench_dense_default.py gives the ratio (issue 16: one set compiled reaches ~1.11x
+of dense default in decode against a 1.18x target, ~1.23x ideal with 23 of 30 layers
+and the fixed LM head); this says which part of the step keeps it there. Both engines
+run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0: engine core and model runner
+in-process, so one cProfile sees the scheduler, the runner, the model and the sampler),
+one after the other on the same prompts; each first runs the workload once unprofiled
+(warm-up, and the wall time quoted), then once under cProfile. Buckets are cumulative
+times of named functions (they nest: "model forward" holds "decoder layers").
+
+    taskset -c 0 .venv/bin/python benchmarks/profile_decode.py \\
+        --out benchmarks/results/profile_decode.json
+
+cProfile inflates Python-heavy code, so compare the buckets between the two engines, not
+with the unprofiled wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import time
+from pathlib import Path
+
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from bench_dense_default import default_engine  # noqa: E402
+from harness import _requests, machine_info, prepare  # noqa: E402
+from workloads import protocol_cases  # noqa: E402
+
+# bucket -> (file suffix, function name): cumulative time of that function
+BUCKETS = {
+    "engine step": ("v1/engine/core.py", "step"),
+    "schedule": ("v1/core/sched/scheduler.py", "schedule"),
+    "update from output": ("v1/core/sched/scheduler.py", "update_from_output"),
+    "execute model": ("v1/worker/gpu_model_runner.py", "execute_model"),
+    "prepare inputs": ("v1/worker/gpu_model_runner.py", "_prepare_inputs"),
+    "model forward (dense)": ("model_executor/models/llama.py", "forward"),
+    "model forward (pudding)": ("vllm_pudding/models/common.py", "run_layers"),
+    "decoder layers (pudding)": ("vllm_pudding/depth.py", "run"),
+    "compiled layer call": ("vllm_pudding/layer_compile.py", "__call__"),
+    "pudding step plan": ("vllm_pudding/depth.py", "end_step"),
+    "logits": ("v1/worker/gpu_model_runner.py", "compute_logits"),
+    "sample": ("v1/worker/gpu_model_runner.py", "_sample"),
+    "output processing": ("v1/engine/output_processor.py", "process_outputs"),
+}
+
+
+def buckets(stats: pstats.Stats) -> dict:
+    found: dict[str, dict] = {}
+    for (path, _, func), (cc, nc, _, ct, _) in stats.stats.items():
+        for name, (suffix, want) in BUCKETS.items():
+            if func == want and path.endswith(suffix):
+                row = found.setdefault(name, {"calls": 0, "cum_s": 0.0})
+                row["calls"] += nc
+                row["cum_s"] = max(row["cum_s"], ct)  # recursion: cumtime already nests
+    return found
+
+
+def top(stats: pstats.Stats, n: int) -> list:
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
+    return [{"func": f"{Path(p).name}:{line}:{func}", "calls": v[1], "tottime_s": v[2],
+             "cumtime_s": v[3]} for (p, line, func), v in rows]
+
+
+def profile(llm, prompts, max_tokens: int, set_ids) -> dict:
+    reqs, params = _requests(prompts, max_tokens, set_ids)
+    t0 = time.perf_counter()
+    llm.generate(reqs, params, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    llm.generate(reqs, params, use_tqdm=False)
+    prof.disable()
+    profiled = time.perf_counter() - t0
+    stats = pstats.Stats(prof)
+    return {"wall_s": wall, "profiled_s": profiled, "buckets": buckets(stats),
+            "top_tottime": top(stats, 25)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    setup = prepare()
+    case = protocol_cases(setup.tokenizer, args.seed)["decode"]
+    result = {"workload": {"prompts": len(case.prompts), "prompt_tokens": len(case.prompts[0]),
+                           "max_tokens": case.out}, "machine": machine_info()}
+    for name, path, extra, sets in (
+            ("dense default", setup.base, {}, None),
+            ("one set compiled", setup.pudding_dir,
+             {"additional_config": {"pudding_compile_layers": True}}, 0)):
+        llm = default_engine(path, **extra)
+        ids = [sets] * len(case.prompts)
+        result[name] = profile(llm, case.prompts, case.out, ids)
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+    args.out.write_text(json.dumps(result, indent=1))
+    for name in ("dense default", "one set compiled"):
+        r = result[name]
+        print(f"{name}: wall {r['wall_s']:.2f} s, profiled {r['profiled_s']:.2f} s")
+        for b, row in sorted(r["buckets"].items(), key=lambda kv: -kv[1]["cum_s"]):
+            print(f"  {b:28s} {row['cum_s']:7.2f} s  ({row['calls']} calls)")
+
+
+if __name__ == "__main__":
+    main()
