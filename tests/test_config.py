@@ -213,6 +213,8 @@ def test_compiled_layer_runs_without_guards_and_other_inputs_run_eager():
             got, want = fwd(*args), body.forward(args[0], args[1], torch.zeros_like(args[1]))
             assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
         assert fwd.traced and fwd.eager_calls == 0
+        # after the compiling call, dynamo's code runs as a plain function (no frame hook)
+        assert fwd.direct_calls == (0 if fwd.guarded else 2)
         wide = torch.randn(6, 16)[:, ::2]  # a strided view: not what the graph assumed
         pos, _, _ = inputs(6)
         got = fwd(pos, wide, torch.zeros(6, 8))
@@ -220,6 +222,30 @@ def test_compiled_layer_runs_without_guards_and_other_inputs_run_eager():
         assert fwd.eager_calls == (0 if fwd.guarded else 1)
     kind = fwd.kind
     assert _kind_of(inputs(3, torch.float64)) != kind != _kind_of(inputs(3)[:2] + (wide,))
+
+
+def test_compiled_layer_with_a_graph_break_is_not_called_directly():
+    """A forward dynamo splits (a graph break) leaves resume functions that would run
+    eager if dynamo's code were called as a plain function: such a layer keeps going
+    through torch.compile, and its results stay right."""
+    import torch
+
+    from vllm_pudding.layer_compile import CPU_INDUCTOR_OPTIONS, CompiledForward
+
+    class Broken(torch.nn.Module):
+        def forward(self, positions, hidden, residual):
+            residual = hidden + residual
+            torch._dynamo.graph_break()
+            return residual * 2, residual
+
+    body = Broken()
+    fwd = CompiledForward(body.forward, CPU_INDUCTOR_OPTIONS)
+    with torch.inference_mode():
+        for n in (4, 7):
+            h = torch.randn(n, 8)
+            got = fwd(torch.arange(n), h, None)
+            assert torch.equal(got[0], h * 2)
+    assert fwd.traced and fwd.direct is None and fwd.direct_calls == 0
 
 
 def _kind_of(args):

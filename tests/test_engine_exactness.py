@@ -184,7 +184,8 @@ def compiled_llm(arch, tiny_models):
 
 def _compiled_layers(model):
     """(wrapped layers, still compiled, compiled entries per wrapped layer, calls that
-    ran eager because their inputs differed from the compiled graph's)."""
+    ran eager because their inputs differed from the compiled graph's, layers whose
+    calls run dynamo's code directly, and those calls)."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
     from vllm_pudding.layer_compile import CompiledForward
@@ -193,26 +194,30 @@ def _compiled_layers(model):
                if isinstance(layer.forward, CompiledForward)]
     entries = [len(_debug_get_cache_entry_list(w.eager.__func__.__code__)) for w in wrapped]
     return (len(wrapped), sum(w.compiled is not None for w in wrapped), entries,
-            sum(w.eager_calls for w in wrapped))
+            sum(w.eager_calls for w in wrapped), sum(w.direct is not None for w in wrapped),
+            sum(w.direct_calls for w in wrapped))
 
 
 def test_compiled_layers_mixed_batch_matches_static(compiled_llm, static_refs, prompts):
     """The oracle holds with compiled layer bodies too, and compiled code really ran;
     every layer compiled one graph at engine start (all batch sizes, whole batch or row
-    subset), nothing compiles while serving, and every call ran that graph unguarded."""
-    _, _, at_start, _ = compiled_llm.apply_model(_compiled_layers)[0]
+    subset), nothing compiles while serving, and every call ran that graph unguarded,
+    as dynamo's code called directly (no frame evaluation)."""
+    _, _, at_start, _, _, direct_before = compiled_llm.apply_model(_compiled_layers)[0]
     jobs = [(i, s) for i in range(len(prompts)) for s in range(len(TINY_SETS))]
     outs = compiled_llm.generate([prompts[i] for i, _ in jobs],
                                  [greedy(MAX_TOKENS, s) for _, s in jobs], use_tqdm=False)
     for (i, s), out in zip(jobs, outs):
         assert_matches(tokens_and_logprobs(out), static_refs[s, i], f"compiled: set {s} prompt {i}")
-    wrapped, still_compiled, entries, eager_calls = compiled_llm.apply_model(_compiled_layers)[0]
+    wrapped, still_compiled, entries, eager_calls, direct, direct_calls = \
+        compiled_llm.apply_model(_compiled_layers)[0]
     built = sum(1 for layer in range(TINY_LAYERS) if not all(layer in s for s in TINY_SETS))
     assert wrapped == still_compiled == built, (wrapped, still_compiled, built)
     assert at_start == entries == [1] * built, (at_start, entries)
     assert eager_calls == 0, "every call ran the layer's one graph (no guard check)"
+    assert direct == built and direct_calls > direct_before, (direct, direct_calls)
 
 
 def test_eager_engines_compile_nothing(arch_llm):
-    wrapped, _, _, _ = arch_llm.apply_model(_compiled_layers)[0]
+    wrapped = arch_llm.apply_model(_compiled_layers)[0][0]
     assert wrapped == 0
