@@ -47,7 +47,7 @@ def _parse_sets(spec: str, pool_size: int) -> list[int | None]:
 def _load_extra(spec: str | None) -> dict[str, list[int]]:
     if not spec:
         return {}
-    text = Path(spec).read_text() if Path(spec).is_file() else spec
+    text = spec if spec.lstrip().startswith("{") else Path(spec).read_text()
     raw = json.loads(text)
     if isinstance(raw, dict) and "sets" in raw and isinstance(raw["sets"], dict):
         raw = raw["sets"]
