@@ -14,7 +14,9 @@ times of named functions (they nest: "model forward" holds "decoder layers").
         --out benchmarks/results/profile_decode.json
 
 cProfile inflates Python-heavy code, so compare the buckets between the two engines, not
-with the unprofiled wall time.
+with the unprofiled wall time. The torch profiler's op table (self CPU time per op, which
+cProfile cannot split inside compiled code) of a third run, 32 output tokens, is kept as
+`ops` in the JSON and printed.
 """
 
 from __future__ import annotations
@@ -82,7 +84,21 @@ def profile(llm, prompts, max_tokens: int, set_ids) -> dict:
     profiled = time.perf_counter() - t0
     stats = pstats.Stats(prof)
     return {"wall_s": wall, "profiled_s": profiled, "buckets": buckets(stats),
-            "top_tottime": top(stats, 25)}
+            "top_tottime": top(stats, 25), "ops": op_table(llm, prompts, set_ids)}
+
+
+def op_table(llm, prompts, set_ids, max_tokens: int = 32, rows: int = 20) -> dict:
+    """Self CPU time per op under torch.profiler (32 output tokens)."""
+    import torch
+
+    reqs, params = _requests(prompts, max_tokens, set_ids)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        llm.generate(reqs, params, use_tqdm=False)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"max_tokens": max_tokens,
+            "self_cpu_total_s": sum(e.self_cpu_time_total for e in events) / 1e6,
+            "top": [{"op": e.key[:80], "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6}
+                    for e in events[:rows]]}
 
 
 def main() -> None:
@@ -109,6 +125,10 @@ def main() -> None:
         print(f"{name}: wall {r['wall_s']:.2f} s, profiled {r['profiled_s']:.2f} s")
         for b, row in sorted(r["buckets"].items(), key=lambda kv: -kv[1]["cum_s"]):
             print(f"  {b:28s} {row['cum_s']:7.2f} s  ({row['calls']} calls)")
+        ops = r["ops"]
+        print(f"  ops, {ops['max_tokens']} tokens: self CPU {ops['self_cpu_total_s']:.3f} s")
+        for row in ops["top"][:12]:
+            print(f"    {row['op'][:60]:60s} {row['calls']:6d} {row['self_cpu_s']:7.3f} s")
 
 
 if __name__ == "__main__":

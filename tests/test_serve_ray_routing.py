@@ -1,6 +1,10 @@
 """`pudding serve-ray --options '{"routing": "serve"}'`: the set-blind baseline of
 bench_dispatch (ray-default), exact like the set-affine app.
 
+Not in the default run (CI): `pytest -m bench_baseline tests/test_serve_ray_routing.py`
+(~80 s: a second Ray app). The baseline exists for bench_dispatch.py, whose Ray run checks
+its dispatch counters too; the set-affine app's exactness stays in test_serve_ray.
+
 Its own module: a second Ray app must not start while test_serve_ray's module app is
 alive (two apps and the session engines do not fit in 24 GiB); pytest tears that module's
 fixtures down before this one runs. Same oracle (`refs`: the offline engine pinned to each
@@ -14,7 +18,7 @@ from server_utils import tiny_server_args
 from test_router_in_engine import HIDDEN_SETS, prompts  # noqa: F401
 from test_serve_ray import NAME, check_choice, complete, parallel, prompt_ids, refs  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench_baseline]
 
 
 def test_serve_routing_baseline_is_set_blind_and_exact(hidden_dir, prompts, refs,
