@@ -11,15 +11,13 @@
 """
 
 import json
-import os
-import subprocess
 import sys
 from contextlib import contextmanager
 
 import pytest
 
 from engines import greedy, token_prompts, tokens_and_logprobs
-from server_utils import SERVER_ENV, TESTS_DIR, VllmServer, log_tail
+from server_utils import TESTS_DIR, VllmServer, run_cli
 
 SPREAD = "pudding_spread_sets"
 NAME = "pudding/smollm2-135m"
@@ -56,14 +54,6 @@ def test_bad_spread_mode_fails_at_start(tiny_pudding):
     with pytest.raises(ValueError, match=f"{SPREAD}.*round_robin"):
         EngineArgs(model=str(tiny_pudding), additional_config={SPREAD: "sideways"},
                    max_model_len=256).create_engine_config()
-
-
-def run_cli(args, log, env_extra=None, timeout=600):
-    env = {**os.environ, **SERVER_ENV, **(env_extra or {})}
-    with open(log, "wb") as f:
-        rc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, cwd=TESTS_DIR, timeout=timeout).returncode
-    assert rc == 0, f"{args[2:5]} failed ({rc}); log tail:\n{log_tail(log)}"
 
 
 def test_bench_throughput_spreads_requests_over_the_pool(tiny_pudding, tmp_path):

@@ -238,23 +238,16 @@ def test_evaluate_run(pudding_llm, tokenizer, examples):
 def test_cli_pool_and_extra_sets(tiny_pudding, tmp_path):
     """One engine: the tiny pool plus a labelled extra set (temporary pudding dir), run as
     a user runs the CLI (a child Python; its engine in-process, which starts in seconds)."""
-    import os
-    import subprocess
     import sys
 
-    from server_utils import SERVER_ENV
+    from server_utils import run_cli
 
     out = tmp_path / "res.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "vllm_pudding.eval", "--model", str(tiny_pudding),
-         "--tasks", "winogrande,mmlu", "--n", "3", "--sets", "0,2",
-         "--extra-sets", json.dumps({"static": [1, 2]}), "--dtype", "float32",
-         "--max-model-len", "512", "--enforce-eager", "--out", str(out)],
-        env={**os.environ, **SERVER_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        text=True, timeout=600)
-    text = proc.stdout
-    assert proc.returncode == 0, text[-4000:]
+    text = run_cli([sys.executable, "-m", "vllm_pudding.eval", "--model", str(tiny_pudding),
+                    "--tasks", "winogrande,mmlu", "--n", "3", "--sets", "0,2",
+                    "--extra-sets", json.dumps({"static": [1, 2]}), "--dtype", "float32",
+                    "--max-model-len", "512", "--enforce-eager", "--out", str(out)],
+                   tmp_path / "eval.log", {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     assert "| set0 | [0, 1] |" in text and "| static | [1, 2] |" in text
     assert "oracle-task" in text and "winogrande (acc, n=3)" in text
     res = json.loads(out.read_text())

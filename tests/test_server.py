@@ -17,7 +17,7 @@ import pytest
 from conftest import HIDDEN_SETS
 from engines import CHUNK_BUDGET, greedy, token_prompts
 from server_utils import assert_per_set_metrics, greedy_completion, offline_refs, tiny_server
-from test_router_in_engine import CHAT_TEMPLATE, prompts  # noqa: F401
+from test_router_in_engine import CHAT_TEMPLATE, _tokens, llm, prompts  # noqa: F401
 
 MODEL_NAME = "hidden"
 MAX_TOKENS = 12
@@ -184,15 +184,6 @@ def test_bad_streaming_request_is_http_400_without_traceback(server, prompt_ids)
 
 
 # ------------------------------------------------ routed by the dir's hidden router
-
-@pytest.fixture(scope="module")
-def llm(hidden_llm):
-    return hidden_llm
-
-
-def _tokens(out):
-    return list(out.outputs[0].token_ids)
-
 
 def test_server_reports_in_engine_sets(server, llm, prompts):
     texts, expected = prompts
