@@ -48,7 +48,6 @@ BUCKETS = {
     "decoder layers (pudding)": ("vllm_pudding/depth.py", "run"),
     "compiled layer call": ("vllm_pudding/layer_compile.py", "__call__"),
     "pudding step plan": ("vllm_pudding/depth.py", "end_step"),
-    "logits": ("v1/worker/gpu_model_runner.py", "compute_logits"),
     "sample": ("v1/worker/gpu_model_runner.py", "_sample"),
     "output processing": ("v1/engine/output_processor.py", "process_outputs"),
 }
