@@ -18,6 +18,8 @@ rest of BENCHMARKS.md (latency table, serving mix, weights, router) in one repor
 Command (about 10 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/bench_engine.py --reps 5 --out benchmarks/results/engine.json
+
+Another model: ``--model <pudding dir>`` (its base model is "dense", its set 0 "static").
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ PAIRS = {"one set vs static": ("static", "one set"), "one set vs dense": ("dense
          "static vs dense": ("dense", "static")}
 
 
-def run(reps: int, seed: int) -> dict:
-    setup = prepare()
+def run(reps: int, seed: int, pudding_dir: Path | None = None) -> dict:
+    setup = prepare(pudding_dir)
     engines = make_engines(setup)
     times = alternate(engines, configs(len(setup.pool.omission_sets)),
                       protocol_cases(setup.tokenizer, seed), reps)
@@ -57,6 +59,7 @@ def run(reps: int, seed: int) -> dict:
         "mixed_decode_bound_vs_dense": setup.num_layers / union_size(setup),
         "mixed_decode_bound_vs_one_set": (setup.num_layers - setup.pool.k) / union_size(setup),
         "pool": setup.pool.omission_sets, "provisional_pool": setup.pool.provisional,
+        "model": str(setup.base), "pudding_dir": str(setup.pudding_dir),
         "num_layers": setup.num_layers, "k": setup.pool.k, "reps": reps, "seed": seed,
         "workloads": {"prefill": PREFILL, "decode": DECODE},
         "settings": SETTINGS,
@@ -142,8 +145,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine.json"))
+    parser.add_argument("--model", type=Path, default=None,
+                        help="pudding dir (default: the default one); its base is 'dense'")
     args = parser.parse_args()
-    result = run(args.reps, args.seed)
+    result = run(args.reps, args.seed, args.model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(report(result))

@@ -34,16 +34,17 @@ class Setup(NamedTuple):
     tokenizer: object
 
 
-def prepare() -> Setup:
-    """Default model, default pudding dir, and the static checkpoint without set 0."""
+def prepare(pudding_dir: Path | None = None) -> Setup:
+    """A pudding dir (default: the default one), its base model, and the static
+    checkpoint without set 0."""
     from transformers import AutoTokenizer
 
-    from vllm_pudding.artifact import load_pudding_dir
-    from vllm_pudding.default_model import ensure_default_model
+    from vllm_pudding.artifact import base_model, load_pudding_dir
     from vllm_pudding.default_pudding import ensure_default_pudding_dir
     from vllm_pudding.static import write_static_checkpoint
 
-    base, pudding_dir = ensure_default_model(), ensure_default_pudding_dir()
+    pudding_dir = Path(pudding_dir) if pudding_dir else ensure_default_pudding_dir()
+    base = base_model(pudding_dir)
     pool = load_pudding_dir(pudding_dir)
     num_layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
     static_dir = write_static_checkpoint(base, pool.omission_sets[0],

@@ -281,9 +281,12 @@ def _direct_nll(model, ids, omitted):
     import copy
 
     m = copy.deepcopy(model)
-    m.model.layers = torch.nn.ModuleList(
-        l for i, l in enumerate(m.model.layers) if i not in omitted)
-    logits = m(ids).logits[:, :-1].float()
+    keep = [i for i in range(len(m.model.layers)) if i not in omitted]
+    m.model.layers = torch.nn.ModuleList(m.model.layers[i] for i in keep)
+    m.config.num_hidden_layers = len(keep)
+    if getattr(m.config, "layer_types", None):  # Gemma 3: masks chosen by layer index
+        m.config.layer_types = [m.config.layer_types[i] for i in keep]
+    logits = m(ids, use_cache=False).logits[:, :-1].float()
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).item()
 
@@ -300,12 +303,15 @@ def test_shortgpt_finds_planted_identity_blocks(planted):
     assert res["block_influence"][2] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_sleb_matches_direct_greedy(planted):
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_sleb_matches_direct_greedy(arch, planted, tiny_models):
     """SLEB's cached-prefix trials equal full forwards with the blocks deleted, and the
-    greedy picks the argmin of those; block 0 and the last block are never removed."""
+    greedy picks the argmin of those; block 0 and the last block are never removed.
+    Gemma 3: 32 tokens span two of its 16-token windows (sliding layers' masks)."""
     from vllm_pudding.search.baselines import Blocks, calibration_ids, load_hf, sleb
 
-    model, tok = load_hf(planted, torch.float32)
+    model, tok = load_hf(planted if arch == "llama" else tiny_models(arch).base,
+                         torch.float32)
     ids = calibration_ids(tok, num_seqs=2, seq_len=32)
     with torch.no_grad():
         res = sleb(Blocks(model, ids), 2, log=None)

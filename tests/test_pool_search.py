@@ -66,10 +66,7 @@ def tiny(tiny_base):
     return _load_tiny(tiny_base)
 
 
-SEARCH_ARCHS = [a for a in ARCHS if a != "gemma3"]
-
-
-@pytest.fixture(scope="module", params=SEARCH_ARCHS)
+@pytest.fixture(scope="module", params=ARCHS)
 def tiny_arch(request, tiny_models):
     """(model, tokenizer) of each architecture's tiny model (Llama: `tiny`)."""
     if request.param == "llama":
@@ -79,10 +76,13 @@ def tiny_arch(request, tiny_models):
 
 def direct_logprobs(model, tok, examples, removed) -> np.ndarray:
     """Reference: a plain HF forward of context+continuation per choice, layers removed."""
-    layers, n = model.model.layers, model.config.num_hidden_layers
-    kept = [l for i, l in enumerate(layers) if i not in set(removed)]
-    model.model.layers = torch.nn.ModuleList(kept)
-    model.config.num_hidden_layers = len(kept)
+    cfg = model.config
+    layers, n, types = model.model.layers, cfg.num_hidden_layers, getattr(cfg, "layer_types", None)
+    keep = [i for i in range(n) if i not in set(removed)]
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
+    cfg.num_hidden_layers = len(keep)
+    if types:  # Gemma 3 picks each layer's mask (sliding or full) by its index here
+        cfg.layer_types = [types[i] for i in keep]
     try:
         C = max(e.num_choices for e in examples)
         out = np.full((len(examples), C), np.nan)
@@ -97,7 +97,9 @@ def direct_logprobs(model, tok, examples, removed) -> np.ndarray:
         return out
     finally:
         model.model.layers = layers
-        model.config.num_hidden_layers = n
+        cfg.num_hidden_layers = n
+        if types:
+            cfg.layer_types = types
 
 
 def test_encode_pair_lm_eval_rules(tiny):
@@ -126,12 +128,36 @@ def test_fast_scoring_equals_direct(tiny_arch, removed, compiled):
         assert losses(fast, gold)[name] == pytest.approx(v, abs=1e-4)
 
 
-def test_search_refuses_gemma3_layers(tiny_models):
-    """Gemma 3 serves (tests/test_engine_exactness.py) but the search would need its
-    per-layer-type rotary and sliding-window masks: refused by name, not run wrong."""
+def test_gemma3_runs_hf_layers_with_its_masks(tiny_models):
+    """Gemma 3 has no fused layer (its own norms, q/k norms, per-type rotary), so even a
+    compiled scorer runs HF's layers; the tiny model's window (16) is shorter than the
+    longest synthetic context, so the sliding mask differs from the full one."""
     model, _ = _load_tiny(tiny_models("gemma3").base)
-    with pytest.raises(ValueError, match="not Gemma3DecoderLayer"):
-        LayerModel(model)
+    lm = LayerModel(model)
+    assert not lm.fusable and lm.window == 16
+    pos = torch.arange(40)[None]
+    masks = lm.masks(None, pos)
+    assert masks["full_attention"] is None
+    sliding = masks["sliding_attention"][0, 0]
+    assert sliding[39, 24] and not sliding[39, 23] and not sliding[5, 6]
+    pe = lm.position_embeddings(torch.zeros(()), pos)
+    assert not torch.equal(pe["full_attention"][0], pe["sliding_attention"][0])
+
+
+def test_search_refuses_unknown_layers(tiny):
+    """A decoder layer the search does not know is refused by name, not run wrong."""
+    model, _ = tiny
+
+    class OtherDecoderLayer(torch.nn.Module):
+        pass
+
+    layers = model.model.layers
+    model.model.layers = torch.nn.ModuleList([OtherDecoderLayer()])
+    try:
+        with pytest.raises(ValueError, match="not OtherDecoderLayer"):
+            LayerModel(model)
+    finally:
+        model.model.layers = layers
 
 
 def test_losses_definition():

@@ -1,4 +1,4 @@
-"""`pudding build`: a pudding model dir for your own Llama, Mistral or Qwen2 checkpoint, in
+"""`pudding build`: a pudding model dir for your own Llama, Mistral, Qwen2 or Gemma 3 (text) checkpoint, in
 one command.
 
     pudding build BASE_DIR OUT_DIR --k 7                  # the paper's recipe (hours on CPU)
@@ -46,7 +46,7 @@ class BuildArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base: Path = Field(description="HF model dir (the dense checkpoint: Llama, Mistral or Qwen2).")
+    base: Path = Field(description="HF model dir (the dense checkpoint: Llama, Mistral, Qwen2 or Gemma 3 text).")
     out: Path = Field(description="The pudding model dir to write.")
     k: int = Field(7, ge=1, description="Layers each set omits.")
     examples: int = Field(128, ge=1, description="Train examples per task, pool search.")
@@ -377,7 +377,7 @@ def _max_model_len(base: Path) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", type=Path,
-                   help="HF model dir (the dense checkpoint: Llama, Mistral or Qwen2)")
+                   help="HF model dir (the dense checkpoint: Llama, Mistral, Qwen2 or Gemma 3 text)")
     p.add_argument("out", type=Path, help="the pudding model dir to write")
     p.add_argument("--k", type=int, default=7, help="layers each set omits")
     p.add_argument("--examples", type=int, default=128,

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     from vllm_pudding import build
 
     build.add_arguments(sub.add_parser(
-        "build", help="build a pudding dir for a Llama, Mistral or Qwen2 checkpoint",
+        "build", help="build a pudding dir for a Llama, Mistral, Qwen2 or Gemma 3 (text) checkpoint",
         description=build.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
     from vllm_pudding.serve_ray import launch

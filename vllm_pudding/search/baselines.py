@@ -88,25 +88,21 @@ def load_hf(model_dir: Path, dtype: torch.dtype = torch.bfloat16):
 
 
 class Blocks:
-    """Runs an HF Llama's decoder blocks one by one on fixed calibration ids."""
+    """Runs an HF model's decoder blocks one by one on fixed calibration ids."""
 
     def __init__(self, model, ids: torch.Tensor):
-        from vllm_pudding.search.scoring import check_search_layers
+        from vllm_pudding.search.hf_layers import HFLayers
 
-        check_search_layers(model)
-        inner = model.model
-        self.layers, self.norm, self.head = inner.layers, inner.norm, model.lm_head
+        self.hf = HFLayers(model)
         self.ids = ids
         self.pos = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
-        self.h0 = inner.embed_tokens(ids)
-        self.pe = inner.rotary_emb(self.h0, position_ids=self.pos)
-        self.num_layers = len(self.layers)
+        self.h0 = self.hf.embed_tokens(ids)
+        self.pe = self.hf.position_embeddings(self.h0, self.pos)
+        self.masks = self.hf.masks(None, self.pos)  # None: plain causal (sdpa)
+        self.num_layers = self.hf.num_layers
 
     def block(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        # attention_mask None with sdpa: plain causal attention (no padding here).
-        out = self.layers[i](h, attention_mask=None, position_ids=self.pos,
-                             position_embeddings=self.pe)
-        return out[0] if isinstance(out, tuple) else out
+        return self.hf.layer(i, h, self.masks, self.pos, self.pe)
 
     def run(self, h: torch.Tensor, layers) -> torch.Tensor:
         for i in layers:
@@ -117,7 +113,7 @@ class Blocks:
         """Mean next-token NLL over all sequences (log perplexity)."""
         total, count = 0.0, 0
         for s in range(0, h.shape[0], chunk):
-            logits = self.head(self.norm(h[s:s + chunk]))[:, :-1].float()
+            logits = self.hf.logits(h[s:s + chunk])[:, :-1]
             tgt = self.ids[s:s + chunk, 1:]
             total += torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum").item()

@@ -11,8 +11,9 @@ differ; later paragraphs of the same tasks follow if more groups are needed.  Gr
 and no layer is omitted by all of them.  The removal order and per-step losses
 are kept, so the k=4 sets are the first four removals of the same runs.
 
-Plain HF torch on CPU; a trial that removes layer i reuses the cached hidden
-state in front of it, so only the layers after it are recomputed.
+Plain HF torch on CPU, through the SLEB baseline's greedy (`search.baselines.sleb`) on
+one paragraph: a trial that removes layer i reuses the cached hidden state in front of
+it, so only the layers after it are recomputed.
 
 Regenerate ``vllm_pudding/pools/smollm2_135m_provisional.json`` with::
 
@@ -88,60 +89,14 @@ def groups(max_parts: int = MAX_PARTS):
             yield (task if part == 0 else f"{task}#{part}"), task, part
 
 
-class LayerRunner:
-    """Runs a Llama model with an arbitrary subset of decoder layers.
+def _greedy(model, ids: torch.Tensor, k: int) -> dict:
+    """k greedy steps on one paragraph: SLEB's removal rule and loss (mean next-token
+    NLL), whose trials reuse the hidden state in front of the removed layer."""
+    from vllm_pudding.search.baselines import Blocks, sleb
 
-    Why manual: HF has no layer-skip switch; calling embed / layers / norm /
-    lm_head ourselves lets a trial start from a cached hidden state."""
-
-    def __init__(self, model, ids: torch.Tensor):
-        from vllm_pudding.search.scoring import check_search_layers
-
-        check_search_layers(model)
-        inner = model.model
-        self.layers, self.norm, self.head = inner.layers, inner.norm, model.lm_head
-        self.ids = ids
-        self.pos = torch.arange(ids.shape[1]).unsqueeze(0)
-        self.h0 = inner.embed_tokens(ids)
-        self.pe = inner.rotary_emb(self.h0, position_ids=self.pos)
-
-    def layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """One decoder layer; mask None + sdpa means plain causal attention."""
-        return self.layers[i](h, attention_mask=None, position_ids=self.pos,
-                              position_embeddings=self.pe)
-
-    def run(self, h: torch.Tensor, layer_ids) -> torch.Tensor:
-        for i in layer_ids:
-            h = self.layer(i, h)
-        return h
-
-    def loss(self, h: torch.Tensor) -> float:
-        """Mean next-token NLL of the paragraph."""
-        logits = self.head(self.norm(h))[0, :-1].float()
-        return torch.nn.functional.cross_entropy(logits, self.ids[0, 1:]).item()
-
-    def prefix_states(self, kept: list[int]) -> list[torch.Tensor]:
-        """states[j] = hidden state entering kept[j]; states[-1] = output."""
-        states = [self.h0]
-        for i in kept:
-            states.append(self.layer(i, states[-1]))
-        return states
-
-
-def greedy_removal(runner: LayerRunner, num_layers: int, k: int) -> dict:
-    """k greedy steps; each removes the layer whose absence hurts least."""
-    kept, order, step_losses = list(range(num_layers)), [], []
-    dense = None
-    for _ in range(k):
-        states = runner.prefix_states(kept)
-        dense = runner.loss(states[-1]) if dense is None else dense
-        trials = {kept[j]: runner.loss(runner.run(states[j], kept[j + 1:]))
-                  for j in range(1, len(kept) - 1)}
-        best = min(trials, key=lambda i: (trials[i], i))
-        kept.remove(best)
-        order.append(best)
-        step_losses.append(round(trials[best], 4))
-    return {"order": order, "step_losses": step_losses, "dense_loss": round(dense, 4)}
+    res = sleb(Blocks(model, ids), k, log=None)
+    return {"order": res["order"], "step_losses": [round(x, 4) for x in res["step_nll"]],
+            "dense_loss": round(res["dense_nll"], 4)}
 
 
 def pool_ok(sets) -> bool:
@@ -173,7 +128,7 @@ def search(k: int, n_tokens: int, dtype: torch.dtype, log=print) -> tuple[list[d
         t0 = time.time()
         ids = task_paragraph(task, tok, n_tokens, part)
         with torch.inference_mode():
-            res = greedy_removal(LayerRunner(model, ids), n_layers, k)
+            res = _greedy(model, ids, k)
         key = tuple(sorted(res["order"]))
         log(f"{name}: {list(key)} loss {res['step_losses'][-1]} "
             f"(dense {res['dense_loss']}) {time.time() - t0:.0f}s")

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from vllm_pudding.data.mc import MCExample
+from vllm_pudding.search.hf_layers import FULL, HFLayers
 
 
 # ---------------------------------------------------------------------------- tokens
@@ -257,41 +258,18 @@ def _compiled(fn):
     return _COMPILED[fn.__name__]
 
 
-SEARCH_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
-"""HF decoder layers the search runs one by one (one rotary embedding, a plain or tree
-mask), and whose math `_layer_math` is. Gemma 3's layers need a rotary embedding per
-layer type and a sliding-window mask, which the search does not build yet."""
-
-
-def check_search_layers(model) -> None:
-    """Raises ValueError unless the pool search / baselines can run `model`'s layers."""
-    name = type(model.model.layers[0]).__name__
-    if name not in SEARCH_LAYERS:
-        raise ValueError(f"the pool search and baselines run {', '.join(SEARCH_LAYERS)} only, "
-                         f"not {name} (Gemma 3: per-layer-type rotary embeddings and "
-                         "sliding-window masks are not built here yet)")
-
-
-class LayerModel:
-    """The pieces of an HF Llama-family causal LM (embed, decoder layers, final norm,
-    LM head, rotary embedding), called directly so any layer subset can run from any
-    cached hidden state. Load the model with ``attn_implementation="sdpa"``."""
+class LayerModel(HFLayers):
+    """`HFLayers` plus the fused weights `_layer_math` takes (Llama-family layers).
+    Load the model with ``attn_implementation="sdpa"``."""
 
     def __init__(self, model):
-        check_search_layers(model)
-        inner = model.model
-        self.model = model
-        self.embed = inner.embed_tokens
-        self.layers = inner.layers
-        self.norm = inner.norm
-        self.head = model.lm_head
-        self.rotary = inner.rotary_emb
-        self.num_layers = len(self.layers)
+        super().__init__(model)
+        self.embed = self.embed_tokens
         self.dtype = self.embed.weight.dtype
-        attn = self.layers[0].self_attn
-        cfg = model.config
+        attn, cfg = self.layers[0].self_attn, model.config
         self.consts = (float(self.norm.variance_epsilon), int(cfg.num_attention_heads),
-                       int(cfg.num_key_value_heads), int(attn.head_dim), float(attn.scaling))
+                       int(cfg.num_key_value_heads), int(attn.head_dim),
+                       float(attn.scaling)) if self.fusable else ()
         self._fused: dict[int, tuple] = {}
 
     def fused(self, i: int) -> tuple:
@@ -329,17 +307,16 @@ class TaskScorer:
     def __init__(self, lm: LayerModel, packed: Packed, head_chunk: int = 256,
                  compiled: bool = False):
         self.lm, self.packed, self.head_chunk = lm, packed, head_chunk
-        self.compiled = compiled
+        self.compiled = compiled and lm.fusable  # others: HF's own layers
         self.masks, self.pos, self.pe, self.ids = [], [], [], []
+        dummy = torch.zeros((), dtype=lm.dtype)
         for a, b in packed.chunks:
-            ids = packed.input_ids[a:b]
             pos = packed.position_ids[a:b]
-            dummy = torch.zeros((), dtype=lm.dtype)
-            cos, sin = lm.rotary(dummy, position_ids=pos)
-            self.ids.append(ids)
+            self.ids.append(packed.input_ids[a:b])
             self.pos.append(pos)
-            self.pe.append((cos.to(lm.dtype), sin.to(lm.dtype)))
-            self.masks.append(packed.mask[a:b])
+            self.pe.append({t: (c.to(lm.dtype), s.to(lm.dtype))
+                            for t, (c, s) in lm.position_embeddings(dummy, pos).items()})
+            self.masks.append(lm.masks(packed.mask[a:b], pos))
         self.layer_calls = 0   # token-layer passes, for speed reports
         self.head_tokens = 0
 
@@ -354,10 +331,9 @@ class TaskScorer:
     def _layer(self, i: int, h: torch.Tensor, ci: int) -> torch.Tensor:
         self.layer_calls += h.shape[0] * h.shape[1]
         if not self.compiled:
-            return self.lm.layers[i](h, attention_mask=self.masks[ci],
-                                     position_ids=self.pos[ci],
-                                     position_embeddings=self.pe[ci])
-        args = (h, self.masks[ci], *self.pe[ci], *self.lm.fused(i), *self.lm.consts)
+            return self.lm.layer(i, h, self.masks[ci], self.pos[ci], self.pe[ci])
+        args = (h, self.masks[ci][FULL], *self.pe[ci][FULL], *self.lm.fused(i),
+                *self.lm.consts)
         return self._call(_layer_math, args)
 
     def _call(self, fn, args):
@@ -404,7 +380,7 @@ class TaskScorer:
                 lp = self._call(_head_math, (x[s:e], self.lm.norm.weight, self.lm.head.weight,
                                              tgt, self.lm.consts[0]))
             else:
-                logits = self.lm.head(self.lm.norm(x[s:e])).float()
+                logits = self.lm.logits(x[s:e])
                 lp = logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
             sums.index_add_(0, p.score_segment[s:e], lp.double())
             self.head_tokens += e - s
