@@ -92,3 +92,18 @@ def load_sets(pudding_dir):
     from vllm_pudding.artifact import load_pudding_dir
 
     return load_pudding_dir(pudding_dir).omission_sets
+
+
+def test_build_gemma3_end_to_end(tiny_models, tmp_path):
+    """Gemma 3 (sliding-window and full-attention layers: two KV cache groups) through
+    every step in one run: the search on HF's Gemma layers with its masks, labels through
+    the engine, the hidden router, the dir (serving Gemma dirs: test_engine_exactness)."""
+    from vllm_pudding.artifact import load_pudding_dir
+
+    out, work = tmp_path / "gemma-pudding", tmp_path / "work"
+    log = pudding_build(tiny_models("gemma3").base, out, work, tmp_path / "gemma.log")
+    assert "[pool] running" in log and f"pudding dir: {out}" in log
+    pool = load_pudding_dir(out)
+    assert len(pool.omission_sets) == 4 and all(len(s) == 2 for s in pool.omission_sets)
+    assert all(0 not in s and 5 not in s for s in pool.omission_sets)
+    assert pool.router is not None and pool.router.kind == "hidden"
