@@ -32,13 +32,14 @@ def log_tail(path: Path, lines: int = 60) -> str:
         return f"<no log: {e}>"
 
 
-def run_cli(args, log: Path, env_extra: dict | None = None, timeout: float = 600) -> str:
+def run_cli(args, log: Path, env_extra: dict | None = None, timeout: float = 600,
+            cwd: Path = TESTS_DIR) -> str:
     """Runs a command line as a user would (this suite's env, output to `log`), asserts it
     exited 0, and returns what it printed."""
     env = {**os.environ, **SERVER_ENV, **(env_extra or {})}
     with open(log, "wb") as f:
         rc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, cwd=TESTS_DIR, timeout=timeout).returncode
+                            env=env, cwd=cwd, timeout=timeout).returncode
     assert rc == 0, f"{args[2:5]} failed ({rc}); log tail:\n{log_tail(log)}"
     return Path(log).read_text(errors="replace")
 

@@ -8,14 +8,12 @@ the trained router. The engine of the labels step runs in-process
 """
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from server_utils import SERVER_ENV, log_tail
+from server_utils import run_cli
 
 TINY_ARGS = ["--k", "2", "--examples", "8", "--label-examples", "10", "--tasks",
              "piqa,arc_easy", "--workers", "1", "--eager", "--pool-size", "4", "--epochs", "20",
@@ -23,15 +21,10 @@ TINY_ARGS = ["--k", "2", "--examples", "8", "--label-examples", "10", "--tasks",
 
 
 def pudding_build(base: Path, out: Path, work: Path, log: Path, *extra: str) -> str:
-    env = {**os.environ, **SERVER_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-           "PUDDING_CACHE": str(work.parent / "cache")}
     cmd = [sys.executable, "-m", "vllm_pudding.cli", "build", str(base), str(out),
            "--work-dir", str(work), *TINY_ARGS, *extra]
-    with open(log, "wb") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, timeout=600).returncode
-    assert rc == 0, f"pudding build failed ({rc}); log tail:\n{log_tail(log)}"
-    return log.read_text(errors="replace")
+    return run_cli(cmd, log, env_extra={"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                                        "PUDDING_CACHE": str(work.parent / "cache")})
 
 
 def _files(root: Path) -> dict[str, tuple[int, bytes]]:

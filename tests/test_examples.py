@@ -6,15 +6,14 @@ Each runs in a child Python; offline ones with an in-process engine
 server_client.py starts and stops its own `vllm serve` on 127.0.0.1.
 """
 
-import os
 import re
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from server_utils import SERVER_ENV
+from server_utils import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +21,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def run_example(name: str, *args: str, in_process: bool = True, timeout: float = 900) -> str:
-    env = {**os.environ, **SERVER_ENV}
-    if in_process:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout, cwd=EXAMPLES.parent)
-    assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}"
-    return proc.stdout
+    """The example run as a user runs it, from the repo root; what it printed."""
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_cli([sys.executable, str(EXAMPLES / name), *args], Path(tmp) / "log",
+                       env_extra=env, timeout=timeout, cwd=EXAMPLES.parent)
 
 
 def test_offline_batch_reports_each_prompts_set():

@@ -39,10 +39,15 @@ def default_pool() -> tuple[PuddingConfig, dict]:
     return packaged_pool(POOL_FILE)
 
 
+def packaged_router(pool_file: str, kind: str = ROUTER_KIND) -> Path | None:
+    """The committed router folder trained for a packaged pool, if there is one."""
+    folder = resources.files("vllm_pudding.routers").joinpath(Path(pool_file).stem, kind)
+    return Path(str(folder)) if folder.joinpath("router.json").is_file() else None
+
+
 def default_router() -> Path | None:
     """The committed router folder for the default pool, if one was trained."""
-    folder = resources.files("vllm_pudding.routers").joinpath(Path(POOL_FILE).stem, ROUTER_KIND)
-    return Path(str(folder)) if folder.joinpath("router.json").is_file() else None
+    return packaged_router(POOL_FILE)
 
 
 def _is_current(out: Path, pool: PuddingConfig, router: Path | None) -> bool:
@@ -58,21 +63,28 @@ def _is_current(out: Path, pool: PuddingConfig, router: Path | None) -> bool:
                for f in ("router.json", "head.safetensors"))
 
 
-def ensure_default_pudding_dir() -> Path:
-    """Path of the default pudding dir, building it when absent or stale."""
+def ensure_packaged_dir(base: Path, pool_file: str, kind: str = ROUTER_KIND) -> Path:
+    """`<cache>/pudding/<base name>-<pool>`: `base` with a packaged pool and its committed
+    router (when one was trained), built when absent or stale."""
+    from vllm_pudding.names import packaged_pool
     from vllm_pudding.router.install import install_router
 
-    pool, meta = default_pool()
-    router = default_router()
-    expected = pool.model_copy(update={"router": RouterRef(path=f"router-{ROUTER_KIND}",
-                                                           kind=ROUTER_KIND)}) if router else pool
-    out = cache_dir() / "pudding" / f"SmolLM2-135M-Instruct-{Path(POOL_FILE).stem}"
+    pool, meta = packaged_pool(pool_file)
+    router = packaged_router(pool_file, kind)
+    expected = pool.model_copy(update={"router": RouterRef(path=f"router-{kind}",
+                                                           kind=kind)}) if router else pool
+    out = cache_dir() / "pudding" / f"{Path(base).name}-{Path(pool_file).stem}"
     if out.exists() and _is_current(out, expected, router):
         return out
-    out = build_pudding_dir(ensure_default_model(), pool, out, meta=meta)
+    out = build_pudding_dir(base, pool, out, meta=meta)
     if router is not None:
         install_router(out, router)
     return out
+
+
+def ensure_default_pudding_dir() -> Path:
+    """Path of the default pudding dir, building it when absent or stale."""
+    return ensure_packaged_dir(ensure_default_model(), POOL_FILE)
 
 
 if __name__ == "__main__":
