@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_SETS
-from tiny_models import hf_without_layers
+from tiny_models import drop_layers, hf_without_layers
 from vllm_pudding.data.mc import MCExample
 from vllm_pudding.eval import (Estimate, RunResult, ScoredExample, accuracy, encode_pair,
                                evaluate_run, markdown_table, mean_of, normalized_scores,
@@ -280,12 +280,7 @@ def _direct_nll(model, ids, omitted):
     """Mean next-token NLL of a full HF forward with `omitted` blocks deleted."""
     import copy
 
-    m = copy.deepcopy(model)
-    keep = [i for i in range(len(m.model.layers)) if i not in omitted]
-    m.model.layers = torch.nn.ModuleList(m.model.layers[i] for i in keep)
-    m.config.num_hidden_layers = len(keep)
-    if getattr(m.config, "layer_types", None):  # Gemma 3: masks chosen by layer index
-        m.config.layer_types = [m.config.layer_types[i] for i in keep]
+    m = drop_layers(copy.deepcopy(model), omitted)
     logits = m(ids, use_cache=False).logits[:, :-1].float()
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).item()

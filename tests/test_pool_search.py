@@ -3,6 +3,7 @@ the pool rule (dedup, fill, rank) and provenance on hand-made records."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import ARCHS
+from tiny_models import ARCHS, drop_layers
 from vllm_pudding.data.mc import MCExample
 from vllm_pudding.search.greedy import GreedyRun, TrialCache, evaluate, greedy_task, planned_trials
 from vllm_pudding.search.pool import dropped_sets, greedy_sets, runner_ups, select_pool
@@ -75,31 +76,20 @@ def tiny_arch(request, tiny_models):
 
 
 def direct_logprobs(model, tok, examples, removed) -> np.ndarray:
-    """Reference: a plain HF forward of context+continuation per choice, layers removed."""
-    cfg = model.config
-    layers, n, types = model.model.layers, cfg.num_hidden_layers, getattr(cfg, "layer_types", None)
-    keep = [i for i in range(n) if i not in set(removed)]
-    model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
-    cfg.num_hidden_layers = len(keep)
-    if types:  # Gemma 3 picks each layer's mask (sliding or full) by its index here
-        cfg.layer_types = [types[i] for i in keep]
-    try:
-        C = max(e.num_choices for e in examples)
-        out = np.full((len(examples), C), np.nan)
-        with torch.no_grad():
-            for e, ex in enumerate(examples):
-                for c in range(ex.num_choices):
-                    ctx, cont = encode_pair(tok, *ex.pair(c))
-                    ids = torch.tensor([ctx + cont])
-                    logp = torch.log_softmax(model(ids, use_cache=False).logits[0].double(), -1)
-                    tgt = torch.arange(len(ctx), len(ctx) + len(cont))
-                    out[e, c] = logp[tgt - 1, ids[0, tgt]].mean().item()
-        return out
-    finally:
-        model.model.layers = layers
-        cfg.num_hidden_layers = n
-        if types:
-            cfg.layer_types = types
+    """Reference: a plain HF forward of context+continuation per choice, layers removed
+    (from a copy: the module's model stays whole)."""
+    model = drop_layers(copy.deepcopy(model), removed)
+    C = max(e.num_choices for e in examples)
+    out = np.full((len(examples), C), np.nan)
+    with torch.no_grad():
+        for e, ex in enumerate(examples):
+            for c in range(ex.num_choices):
+                ctx, cont = encode_pair(tok, *ex.pair(c))
+                ids = torch.tensor([ctx + cont])
+                logp = torch.log_softmax(model(ids, use_cache=False).logits[0].double(), -1)
+                tgt = torch.arange(len(ctx), len(ctx) + len(cont))
+                out[e, c] = logp[tgt - 1, ids[0, tgt]].mean().item()
+    return out
 
 
 def test_encode_pair_lm_eval_rules(tiny):

@@ -85,21 +85,26 @@ def write_tiny_llama(out: Path, num_layers: int = 6, seed: int = 0,
     return write_tiny("llama", out, num_layers, seed, init_std)
 
 
+def drop_layers(model, omitted) -> "torch.nn.Module":
+    """`model` (an HF causal LM, changed in place) with the `omitted` layers deleted, its
+    config and per-layer indices following (Gemma 3 picks each layer's mask by index)."""
+    keep = [i for i in range(len(model.model.layers)) if i not in set(omitted)]
+    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = i
+    return model
+
+
 def hf_without_layers(base: Path, omitted) -> "torch.nn.Module":
     """The HF causal LM at `base` (fp32, eval) with the `omitted` layers deleted: an
     independent reference."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    model.model.layers = torch.nn.ModuleList(
-        layer for i, layer in enumerate(model.model.layers) if i not in set(omitted))
-    model.config.num_hidden_layers = len(model.model.layers)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [t for i, t in enumerate(model.config.layer_types)
-                                    if i not in set(omitted)]
-    for i, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = i
-    return model
+    return drop_layers(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(),
+                       omitted)
 
 
 def hf_greedy(model, prompt_ids, steps: int) -> tuple[list[int], list[float]]:

@@ -32,22 +32,10 @@ extra model compute (router/in_engine.py); same validation accuracy as the text 
 (44.5 both). The text router stays selectable: `install_router`."""
 
 
-def default_pool() -> tuple[PuddingConfig, dict]:
-    """The committed pool as a validated config, plus its provenance metadata."""
-    from vllm_pudding.names import packaged_pool
-
-    return packaged_pool(POOL_FILE)
-
-
 def packaged_router(pool_file: str, kind: str = ROUTER_KIND) -> Path | None:
     """The committed router folder trained for a packaged pool, if there is one."""
     folder = resources.files("vllm_pudding.routers").joinpath(Path(pool_file).stem, kind)
     return Path(str(folder)) if folder.joinpath("router.json").is_file() else None
-
-
-def default_router() -> Path | None:
-    """The committed router folder for the default pool, if one was trained."""
-    return packaged_router(POOL_FILE)
 
 
 def _is_current(out: Path, pool: PuddingConfig, router: Path | None) -> bool:

@@ -264,8 +264,7 @@ class LayerModel(HFLayers):
 
     def __init__(self, model):
         super().__init__(model)
-        self.embed = self.embed_tokens
-        self.dtype = self.embed.weight.dtype
+        self.dtype = self.embed_tokens.weight.dtype
         attn, cfg = self.layers[0].self_attn, model.config
         self.consts = (float(self.norm.variance_epsilon), int(cfg.num_attention_heads),
                        int(cfg.num_key_value_heads), int(attn.head_dim),
@@ -322,7 +321,7 @@ class TaskScorer:
 
     @torch.inference_mode()
     def embed(self) -> list[torch.Tensor]:
-        return [self.lm.embed(ids) for ids in self.ids]
+        return [self.lm.embed_tokens(ids) for ids in self.ids]
 
     @torch.inference_mode()
     def layer(self, i: int, hs: list[torch.Tensor]) -> list[torch.Tensor]:
