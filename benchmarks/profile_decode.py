@@ -12,6 +12,8 @@ times of named functions (they nest: "model forward" holds "decoder layers").
 
     taskset -c 0 .venv/bin/python benchmarks/profile_decode.py \\
         --out benchmarks/results/profile_decode.json
+    taskset -c 0 .venv/bin/python benchmarks/profile_decode.py --eager --model <pudding dir> \\
+        --out benchmarks/results/profile_decode_qwen25.json   # bench_engine's dense/static/one set
 
 cProfile inflates Python-heavy code, so compare the buckets between the two engines, not
 with the unprofiled wall time. The torch profiler's op table (self CPU time per op, which
@@ -44,6 +46,8 @@ BUCKETS = {
     "execute model": ("v1/worker/gpu_model_runner.py", "execute_model"),
     "prepare inputs": ("v1/worker/gpu_model_runner.py", "_prepare_inputs"),
     "model forward (dense)": ("model_executor/models/llama.py", "forward"),
+    "model forward (dense qwen2)": ("model_executor/models/qwen2.py", "forward"),
+    "logits (LM head)": ("model_executor/layers/logits_processor.py", "forward"),
     "model forward (pudding)": ("vllm_pudding/models/common.py", "run_layers"),
     "decoder layers (pudding)": ("vllm_pudding/depth.py", "run"),
     "compiled layer call": ("vllm_pudding/layer_compile.py", "__call__"),
@@ -100,34 +104,50 @@ def op_table(llm, prompts, set_ids, max_tokens: int = 32, rows: int = 20) -> dic
                     for e in events[:rows]]}
 
 
+def engines(setup, eager: bool) -> dict:
+    """name -> (engine factory, set id): stock vLLM engines get no set."""
+    from harness import make_engine
+
+    if eager:  # bench_engine.py's engines (enforce_eager), its dense/static/one-set configs
+        return {"dense": (lambda: make_engine(setup.base), None),
+                "static": (lambda: make_engine(setup.static_dir), None),
+                "one set": (lambda: make_engine(setup.pudding_dir), 0)}
+    return {"dense default": (lambda: default_engine(setup.base), None),
+            "one set compiled": (lambda: default_engine(
+                setup.pudding_dir, additional_config={"pudding_compile_layers": True}), 0)}
+
+
+def report(name: str, r: dict) -> None:
+    print(f"{name}: wall {r['wall_s']:.2f} s, profiled {r['profiled_s']:.2f} s")
+    for b, row in sorted(r["buckets"].items(), key=lambda kv: -kv[1]["cum_s"]):
+        print(f"  {b:28s} {row['cum_s']:7.2f} s  ({row['calls']} calls)")
+    ops = r["ops"]
+    print(f"  ops, {ops['max_tokens']} tokens: self CPU {ops['self_cpu_total_s']:.3f} s")
+    for row in ops["top"][:12]:
+        print(f"    {row['op'][:60]:60s} {row['calls']:6d} {row['self_cpu_s']:7.3f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="pudding dir (default: the default one); static = set 0 removed")
+    parser.add_argument("--eager", action="store_true",
+                        help="bench_engine.py's eager engines: dense, static, one set")
     args = parser.parse_args()
-    setup = prepare()
+    setup = prepare(args.model)
     case = protocol_cases(setup.tokenizer, args.seed)["decode"]
     result = {"workload": {"prompts": len(case.prompts), "prompt_tokens": len(case.prompts[0]),
-                           "max_tokens": case.out}, "machine": machine_info()}
-    for name, path, extra, sets in (
-            ("dense default", setup.base, {}, None),
-            ("one set compiled", setup.pudding_dir,
-             {"additional_config": {"pudding_compile_layers": True}}, 0)):
-        llm = default_engine(path, **extra)
-        ids = [sets] * len(case.prompts)
-        result[name] = profile(llm, case.prompts, case.out, ids)
+                           "max_tokens": case.out}, "model": str(setup.base),
+              "machine": machine_info()}
+    for name, (make, set_id) in engines(setup, args.eager).items():
+        llm = make()
+        result[name] = profile(llm, case.prompts, case.out, [set_id] * len(case.prompts))
         llm.llm_engine.engine_core.shutdown()
         del llm
+        report(name, result[name])
     args.out.write_text(json.dumps(result, indent=1))
-    for name in ("dense default", "one set compiled"):
-        r = result[name]
-        print(f"{name}: wall {r['wall_s']:.2f} s, profiled {r['profiled_s']:.2f} s")
-        for b, row in sorted(r["buckets"].items(), key=lambda kv: -kv[1]["cum_s"]):
-            print(f"  {b:28s} {row['cum_s']:7.2f} s  ({row['calls']} calls)")
-        ops = r["ops"]
-        print(f"  ops, {ops['max_tokens']} tokens: self CPU {ops['self_cpu_total_s']:.3f} s")
-        for row in ops["top"][:12]:
-            print(f"    {row['op'][:60]:60s} {row['calls']:6d} {row['self_cpu_s']:7.3f} s")
 
 
 if __name__ == "__main__":
