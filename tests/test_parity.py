@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from vllm_pudding.eval.parity import _examples, markdown, parity_rows
+from vllm_pudding.eval.parity import load_examples, markdown, parity_rows
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks/results/eval/qwen25_coder_05b"
 
 
 def test_committed_qwen_parity_holds():
-    a = _examples(RESULTS / "dense_vllm_fp32_n30.json.gz", "dense")
-    b = _examples(RESULTS / "dense_hf_fp32_n30.json.gz", "dense")
+    a = load_examples(RESULTS / "dense_vllm_fp32_n30.json.gz", "dense")
+    b = load_examples(RESULTS / "dense_hf_fp32_n30.json.gz", "dense")
     rows = parity_rows(a, b)
     assert [r["n"] for r in rows] == [30] * 6
     assert all(r["same"] == 30 for r in rows)
@@ -36,7 +36,8 @@ def test_parity_sees_one_flipped_prediction(tmp_path):
     path = tmp_path / "moved.json"
     path.write_text(json.dumps(moved))
     rows = {r["task"]: r for r in parity_rows(
-        _examples(RESULTS / "dense_hf_fp32_n30.json.gz", "dense"), _examples(path, "dense"))}
+        load_examples(RESULTS / "dense_hf_fp32_n30.json.gz", "dense"),
+        load_examples(path, "dense"))}
     assert rows["arc_easy"]["same"] == 29
     assert rows["arc_easy"]["max_abs_logprob_diff"] >= 5.0
     assert all(r["same"] == 30 for t, r in rows.items() if t != "arc_easy")
@@ -48,7 +49,7 @@ def test_parity_refuses_different_examples(tmp_path):
     path = tmp_path / "other.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="piqa: the two files scored different examples"):
-        parity_rows(_examples(RESULTS / "dense_hf_fp32_n30.json.gz", "dense"),
-                    _examples(path, "dense"))
+        parity_rows(load_examples(RESULTS / "dense_hf_fp32_n30.json.gz", "dense"),
+                    load_examples(path, "dense"))
     with pytest.raises(ValueError, match="no per-example scores for run 'set0'"):
-        _examples(path, "set0")
+        load_examples(path, "set0")

@@ -22,7 +22,7 @@ from vllm_pudding.eval.scoring import ScoredExample
 from vllm_pudding.eval.stored import read_results
 
 
-def _examples(path: Path, label: str) -> dict[str, list[ScoredExample]]:
+def load_examples(path: Path, label: str) -> dict[str, list[ScoredExample]]:
     import msgspec
 
     data = read_results(path)
@@ -57,8 +57,8 @@ def markdown(rows: list[dict], names: tuple[str, str]) -> str:
     out = [f"| task (metric) | n | {names[0]} | {names[1]} | same prediction | "
            "max abs logprob diff |", "|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['task']} ({r['metric']}) | {r['n']} | {r['a'].fmt()} | {r['b'].fmt()} | {r['same']}/{r['n']} | "
-                   f"{r['max_abs_logprob_diff']:.4f} |")
+        out.append(f"| {r['task']} ({r['metric']}) | {r['n']} | {r['a'].fmt()} | "
+                   f"{r['b'].fmt()} | {r['same']}/{r['n']} | {r['max_abs_logprob_diff']:.4f} |")
     avg = [sum(r[k].value for r in rows) / len(rows) for k in ("a", "b")]
     out.append(f"| average of {len(rows)} | | {100 * avg[0]:.1f} | {100 * avg[1]:.1f} | "
                f"{sum(r['same'] for r in rows)}/{sum(r['n'] for r in rows)} | "
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     names = tuple(args.names.split(","))
     if len(names) != 2:
         raise SystemExit("--names: two comma-separated names")
-    rows = parity_rows(_examples(args.a, args.label), _examples(args.b, args.label))
+    rows = parity_rows(load_examples(args.a, args.label), load_examples(args.b, args.label))
     print(markdown(rows, names))
     return 0
 
