@@ -19,18 +19,15 @@ from pathlib import Path
 
 from vllm_pudding.eval.run import task_result
 from vllm_pudding.eval.scoring import ScoredExample
-from vllm_pudding.eval.stored import read_results
+from vllm_pudding.eval.stored import read_results, scored_examples
 
 
 def load_examples(path: Path, label: str) -> dict[str, list[ScoredExample]]:
-    import msgspec
-
     data = read_results(path)
     if label not in data.get("examples", {}):
         raise ValueError(f"{path}: no per-example scores for run {label!r} "
                          f"(runs: {sorted(data.get('examples', {}))})")
-    return {t: [msgspec.convert(e, ScoredExample) for e in v]
-            for t, v in data["examples"][label].items()}
+    return scored_examples(data, label)
 
 
 def parity_rows(a: dict[str, list[ScoredExample]],

@@ -44,6 +44,16 @@ def read_results(path: Path | str) -> dict[str, Any]:
     return data
 
 
+def scored_examples(data: dict[str, Any], label: str) -> dict[str, list]:
+    """One run's stored examples of `read_results` data as `ScoredExample`s, per task."""
+    import msgspec
+
+    from vllm_pudding.eval.scoring import ScoredExample
+
+    return {t: [msgspec.convert(e, ScoredExample) for e in v]
+            for t, v in data.get("examples", {}).get(label, {}).items()}
+
+
 @functools.lru_cache(maxsize=64)
 def _rebuilt(task: str, split: str, n: int | None, seed: int | None) -> dict[str, MCExample]:
     from vllm_pudding.data.tasks import examples

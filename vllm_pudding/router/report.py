@@ -25,8 +25,7 @@ import numpy as np
 
 from vllm_pudding.eval.run import (RunResult, averages, markdown_table, oracle_rows,
                                    task_result)
-from vllm_pudding.eval.scoring import ScoredExample
-from vllm_pudding.eval.stored import read_results
+from vllm_pudding.eval.stored import read_results, scored_examples
 
 
 def load_runs(paths: list[Path]) -> tuple[list[RunResult], dict]:
@@ -38,8 +37,7 @@ def load_runs(paths: list[Path]) -> tuple[list[RunResult], dict]:
         for label, r in data["runs"].items():
             if label.startswith("oracle"):
                 continue
-            exs = {t: [msgspec.convert(e, ScoredExample) for e in v]
-                   for t, v in data.get("examples", {}).get(label, {}).items()}
+            exs = scored_examples(data, label)
             tasks = {t: task_result(t, exs[t]) if t in exs else None for t in r["tasks"]}
             runs[label] = RunResult(label=label, layers=r["layers"],
                                     tasks={t: v for t, v in tasks.items() if v}, examples=exs)
