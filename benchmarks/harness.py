@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -41,14 +40,13 @@ def prepare(pudding_dir: Path | None = None) -> Setup:
 
     from vllm_pudding.artifact import base_model, load_pudding_dir
     from vllm_pudding.default_pudding import ensure_default_pudding_dir
-    from vllm_pudding.static import write_static_checkpoint
+    from vllm_pudding.static import cached_static_checkpoint
 
     pudding_dir = Path(pudding_dir) if pudding_dir else ensure_default_pudding_dir()
     base = base_model(pudding_dir)
     pool = load_pudding_dir(pudding_dir)
     num_layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
-    static_dir = write_static_checkpoint(base, pool.omission_sets[0],
-                                         Path(tempfile.mkdtemp()) / "static")
+    static_dir = cached_static_checkpoint(base, pool.omission_sets[0])
     return Setup(base, pudding_dir, static_dir, pool, num_layers,
                  AutoTokenizer.from_pretrained(base))
 

@@ -122,6 +122,31 @@ def test_static_checkpoint_keeps_per_layer_lists(tiny_base, tmp_path):
     assert out["max_window_layers"] == 3  # kept layers 0, 2, 3 lie below the old 4
 
 
+def test_cached_static_checkpoint_is_written_once(tiny_base, tmp_path, monkeypatch):
+    """Benchmarks take their static checkpoint from the cache: the same base and set
+    reuse one dir (no copy per run), another set or a rewritten base gets its own."""
+    import os
+    import shutil
+
+    from vllm_pudding.static import cached_static_checkpoint
+
+    monkeypatch.setenv("PUDDING_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    first = cached_static_checkpoint(base, [1, 2])
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert cached_static_checkpoint(base, [2, 1]) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((first / "config.json").read_text())["num_hidden_layers"] == \
+        json.loads((base / "config.json").read_text())["num_hidden_layers"] - 2
+    other = cached_static_checkpoint(base, [1, 3])
+    weights = base / "model.safetensors"
+    os.utime(weights, ns=(stamp + 10**9, stamp + 10**9))
+    rewritten = cached_static_checkpoint(base, [1, 2])
+    assert len({first, other, rewritten}) == 3
+    assert sorted(p.name.startswith(".") for p in first.parent.iterdir()) == [False] * 3
+
+
 def test_kv_slots_count_per_group():
     """A layer's KV slot is its rank among its set's kept layers in its KV cache group; a
     block holds the most layers any set keeps in one group (Gemma-like groups: 2 slots,

@@ -6,9 +6,12 @@ serving this checkpoint must match a PuDDing request routed to the same set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -43,6 +46,35 @@ def write_static_checkpoint(base_dir: Path, omitted: list[int], out_dir: Path) -
             if not target.exists():
                 os.symlink(item.resolve(), target)
     return out_dir
+
+
+def cached_static_checkpoint(base_dir: Path, omitted: list[int]) -> Path:
+    """The static checkpoint of `base_dir` without `omitted`, written once under the
+    cache dir and reused.
+
+    Why cached: benchmarks need one per run, and a fresh temporary copy per run
+    (hundreds of MB to GB, never removed) once filled the disk that CI shares.
+    The key covers the base's path, its weight files' sizes and times, and the set,
+    so a reconverted base gets a new checkpoint."""
+    from vllm_pudding.offline_models import cache_dir
+
+    base_dir = Path(base_dir).resolve()
+    stamp = [str(base_dir), sorted(omitted)] + [
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(base_dir.glob("*.safetensors"))]
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:12]
+    out = cache_dir() / "static" / f"{base_dir.name}-{key}"
+    if (out / "config.json").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write_static_checkpoint(base_dir, omitted, tmp)
+        tmp.rename(out)  # config.json last written, directory appears whole
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():
+            raise
+    return out
 
 
 def _keep_layer_lists(config: dict, kept: list[int]) -> None:
