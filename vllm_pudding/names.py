@@ -23,6 +23,10 @@ wherever it takes a model, while the name the user typed stays the served name.
   packages), with its calibrated pool (`pools/qwen25_coder_05b_k5.json`, k = 5 of 24) and
   its hidden router (`routers/qwen25_coder_05b_k5/`, trained on 128 calibration rows per
   task x 10 sets).
+- `pudding/gemma-3-270m`: Gemma-3-270M (text-only Gemma 3, sliding/full attention
+  interleaved), converted offline from its PyPI GGUF parts, with its calibrated pool
+  (`pools/gemma3_270m_k4.json`, k = 4 of 18) and, once trained, its hidden router
+  (`routers/gemma3_270m_k4/`); without one, requests that name no set run `default_set`.
 
 A name that is also an existing local path stays a path (vLLM's own rule).
 """
@@ -83,13 +87,16 @@ def _llama31_8b() -> Path:
 
 
 QWEN25_CODER_POOL = "qwen25_coder_05b_k5.json"
+GEMMA3_270M_POOL = "gemma3_270m_k4.json"
 
 
-def _qwen25_coder() -> Path:
+def _offline_packaged(source: str, pool_file: str) -> Path:
+    """A model converted from its PyPI GGUF packages (`offline_models.SOURCES[source]`)
+    with a packaged pool and, where one was committed, its router."""
     from vllm_pudding.default_pudding import ensure_packaged_dir
-    from vllm_pudding.offline_models import QWEN25_CODER_05B, ensure_model
+    from vllm_pudding.offline_models import SOURCES, ensure_model
 
-    return ensure_packaged_dir(ensure_model(QWEN25_CODER_05B), QWEN25_CODER_POOL)
+    return ensure_packaged_dir(ensure_model(SOURCES[source]), pool_file)
 
 
 NAMES: dict[str, ModelName] = {
@@ -102,7 +109,12 @@ NAMES: dict[str, ModelName] = {
     "qwen2.5-coder-0.5b": ModelName(
         about="Qwen2.5-Coder-0.5B-Instruct (offline GGUF packages), calibrated pool k=5, "
         "hidden router",
-        pool_file=QWEN25_CODER_POOL, build=_qwen25_coder),
+        pool_file=QWEN25_CODER_POOL,
+        build=functools.partial(_offline_packaged, "qwen2.5-coder-0.5b", QWEN25_CODER_POOL)),
+    "gemma-3-270m": ModelName(
+        about="Gemma-3-270M (offline GGUF packages), calibrated pool k=4",
+        pool_file=GEMMA3_270M_POOL,
+        build=functools.partial(_offline_packaged, "gemma-3-270m", GEMMA3_270M_POOL)),
 }
 
 
