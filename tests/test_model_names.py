@@ -132,7 +132,7 @@ def test_every_name_ships_a_valid_pool(name):
 
 @pytest.mark.parametrize("name,has_router", [("smollm2-135m", True), ("llama3.1-8b", False),
                                              ("qwen2.5-coder-0.5b", True),
-                                             ("gemma-3-270m", False)])
+                                             ("gemma-3-270m", True)])
 def test_committed_routers_match_their_pools(name, has_router):
     """A router committed beside a packaged pool was trained for exactly that pool (same
     sets, same order): a mismatch would route requests to the wrong layers."""

@@ -25,8 +25,8 @@ wherever it takes a model, while the name the user typed stays the served name.
   task x 10 sets).
 - `pudding/gemma-3-270m`: Gemma-3-270M (text-only Gemma 3, sliding/full attention
   interleaved), converted offline from its PyPI GGUF parts, with its calibrated pool
-  (`pools/gemma3_270m_k4.json`, k = 4 of 18) and, once trained, its hidden router
-  (`routers/gemma3_270m_k4/`); without one, requests that name no set run `default_set`.
+  (`pools/gemma3_270m_k4.json`, k = 4 of 18) and its hidden router
+  (`routers/gemma3_270m_k4/`, residual after layers 0-1, 128 calibration rows per task).
 
 A name that is also an existing local path stays a path (vLLM's own rule).
 """
@@ -112,7 +112,7 @@ NAMES: dict[str, ModelName] = {
         pool_file=QWEN25_CODER_POOL,
         build=functools.partial(_offline_packaged, "qwen2.5-coder-0.5b", QWEN25_CODER_POOL)),
     "gemma-3-270m": ModelName(
-        about="Gemma-3-270M (offline GGUF packages), calibrated pool k=4",
+        about="Gemma-3-270M (offline GGUF packages), calibrated pool k=4, hidden router",
         pool_file=GEMMA3_270M_POOL,
         build=functools.partial(_offline_packaged, "gemma-3-270m", GEMMA3_270M_POOL)),
 }
