@@ -26,7 +26,8 @@ wherever it takes a model, while the name the user typed stays the served name.
 - `pudding/gemma-3-270m`: Gemma-3-270M (text-only Gemma 3, sliding/full attention
   interleaved), converted offline from its PyPI GGUF parts, with its calibrated pool
   (`pools/gemma3_270m_k4.json`, k = 4 of 18) and its hidden router
-  (`routers/gemma3_270m_k4/`, residual after layers 0-1, 128 calibration rows per task).
+  (`routers/gemma3_270m_k4/`, residual after layers 0-1, 128 calibration rows per task),
+  which routes between sets 0 and 3, the only two that pass generation sanity.
 
 A name that is also an existing local path stays a path (vLLM's own rule).
 """

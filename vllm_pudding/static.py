@@ -69,11 +69,13 @@ def cached_static_checkpoint(base_dir: Path, omitted: list[int]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write_static_checkpoint(base_dir, omitted, tmp)
-        tmp.rename(out)  # config.json last written, directory appears whole
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "config.json").exists():
-            raise
+        try:
+            tmp.rename(out)  # the directory appears whole
+        except OSError:
+            if not (out / "config.json").exists():  # not a concurrent writer's
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; else no leftovers
     return out
 
 
