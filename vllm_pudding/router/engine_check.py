@@ -43,7 +43,9 @@ def offline_sets(pdir: Path, texts: dict[str, list[str]]) -> dict[str, list[int]
 
     pool = load_pudding_dir(pdir)
     rdir = pdir / pool.router.path
-    router = Router(rdir, load_spec(rdir, pool.omission_sets), base_model(pdir))
+    # the served restriction too: the engine picks among routable_sets only
+    router = Router(rdir, load_spec(rdir, pool.omission_sets), base_model(pdir),
+                    routable=pool.routable_sets)
     return route_cached(router, texts)
 
 
