@@ -109,3 +109,27 @@ def test_missing_router_fails_at_start_naming_the_file(routed_dir, tmp_path):
     (broken / "router-text" / "router.json").unlink()
     with pytest.raises(Exception, match="router.json: router spec missing"):
         LLM(model=str(broken), **engine_kwargs(skip_tokenizer_init=False))
+
+
+def test_engine_check_offline_router_keeps_to_routable_sets(routed_dir, tmp_path, prompts,
+                                                            monkeypatch):
+    """`router.engine_check` compares the engine's decisions with the offline router's:
+    both must apply the pool's `routable_sets` (it once compared a restricted engine with
+    an unrestricted router and reported 25% agreement)."""
+    import json
+    import shutil
+
+    from vllm_pudding.router.engine_check import offline_sets
+
+    monkeypatch.setenv("PUDDING_CACHE", str(tmp_path / "cache"))  # its feature cache
+    texts, planted = prompts
+    free = offline_sets(routed_dir, {"t": texts})["t"]
+    assert free == planted  # every set is someone's pick
+    restricted_dir = tmp_path / "pd"
+    shutil.copytree(routed_dir, restricted_dir, symlinks=True)
+    config = json.loads((restricted_dir / "config.json").read_text())
+    config["pudding"]["routable_sets"] = [0, 2]
+    (restricted_dir / "config.json").write_text(json.dumps(config))
+    restricted = offline_sets(restricted_dir, {"t": texts})["t"]
+    assert set(restricted) <= {0, 2}
+    assert [r for r, f in zip(restricted, free) if f != 1] == [f for f in free if f != 1]
