@@ -220,38 +220,25 @@ def _write_model(source: GGUFSource, model, tok, out: Path, gguf: Path, parts: l
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _make_readable(folder: Path) -> None:
-    """mkdtemp/save_file create owner-only modes; give the usual umask ones
-    so a shared cache stays readable."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)
-
-
 def ensure_model(source: GGUFSource) -> Path:
     """Return the converted model dir, converting on first use (~30 s for 135M)."""
+    from vllm_pudding.write_once import write_dir_once
+
     target = model_dir(source)
     if (target / META_FILE).is_file():
         return target
     parts = part_paths(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{source.name}-", dir=target.parent))
-    scratch = Path(tempfile.mkdtemp(prefix=f".{source.name}-gguf-", dir=target.parent))
-    try:
-        gguf = join_parts(parts, scratch)
-        model, tok = load_gguf(gguf)
-        _write_model(source, model, tok, tmp, gguf, parts)
-        _make_readable(tmp)
-        os.replace(tmp, target)  # atomic; fails if another process won the race
-    except OSError:
-        if not (target / META_FILE).is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+
+    def convert(tmp: Path) -> None:
+        scratch = Path(tempfile.mkdtemp(prefix=f".{source.name}-gguf-", dir=target.parent))
+        try:
+            gguf = join_parts(parts, scratch)
+            model, tok = load_gguf(gguf)
+            _write_model(source, model, tok, tmp, gguf, parts)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return write_dir_once(target, META_FILE, convert)
 
 
 def main(argv: list[str]) -> int:

@@ -10,8 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -57,26 +55,15 @@ def cached_static_checkpoint(base_dir: Path, omitted: list[int]) -> Path:
     The key covers the base's path, its weight files' sizes and times, and the set,
     so a reconverted base gets a new checkpoint."""
     from vllm_pudding.offline_models import cache_dir
+    from vllm_pudding.write_once import write_dir_once
 
     base_dir = Path(base_dir).resolve()
-    stamp = [str(base_dir), sorted(omitted)] + [
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(base_dir.glob("*.safetensors"))]
+    weights = [(f.name, f.stat()) for f in sorted(base_dir.glob("*.safetensors"))]
+    stamp = [str(base_dir), sorted(omitted), [(n, s.st_size, s.st_mtime_ns) for n, s in weights]]
     key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:12]
     out = cache_dir() / "static" / f"{base_dir.name}-{key}"
-    if (out / "config.json").exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write_static_checkpoint(base_dir, omitted, tmp)
-        try:
-            tmp.rename(out)  # the directory appears whole
-        except OSError:
-            if not (out / "config.json").exists():  # not a concurrent writer's
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; else no leftovers
-    return out
+    return write_dir_once(out, "config.json",
+                          lambda tmp: write_static_checkpoint(base_dir, omitted, tmp))
 
 
 def _keep_layer_lists(config: dict, kept: list[int]) -> None:
